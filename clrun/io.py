@@ -1,0 +1,61 @@
+"""All file output of a run: atomic CSV/YAML/torch writes, so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+R_FILE, METRICS_FILE, LOG_FILE = "R.csv", "metrics.csv", "log.csv"
+
+METRICS_COLUMNS = [
+    "benchmark", "scenario", "method", "regularizers", "lam", "buffer", "seed", "n_tasks", "data_source",
+    "eval_split", "status", "tasks_done", "ACC", "forgetting", "BWT", "FWT", "learning_accuracy",
+    "wall_seconds", "train_seconds", "eval_seconds", "peak_rss_mb", "parameters", "buffer_bytes", "error",
+]
+LOG_COLUMNS = ["task", "epoch", "steps", "loss", "train_acc", "seconds"]
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_csv(path: Path | str, frame: pd.DataFrame, index: bool = False) -> None:
+    atomic_write_text(path, frame.to_csv(index=index, float_format="%.6g"))
+
+
+def r_frame(R: np.ndarray) -> pd.DataFrame:
+    """R (T+1, T) with rows ``init, after_task_1..T`` and columns ``task_1..T``."""
+    T = R.shape[1]
+    return pd.DataFrame(R, index=["init"] + [f"after_task_{i}" for i in range(1, T + 1)],
+                        columns=[f"task_{j}" for j in range(1, T + 1)]).rename_axis("row")
+
+
+def write_R(out_dir: Path, R: np.ndarray) -> None:
+    atomic_write_csv(out_dir / R_FILE, r_frame(R), index=True)
+
+
+def read_R(path: Path | str) -> np.ndarray:
+    return pd.read_csv(path, index_col=0).to_numpy(dtype=float)
+
+
+def write_metrics(out_dir: Path, row: dict) -> None:
+    extra = [k for k in row if k not in METRICS_COLUMNS]
+    frame = pd.DataFrame([row], columns=METRICS_COLUMNS + extra)
+    atomic_write_csv(out_dir / METRICS_FILE, frame)
+
+
+def write_log(out_dir: Path, rows: list[dict]) -> None:
+    atomic_write_csv(out_dir / LOG_FILE, pd.DataFrame(rows, columns=LOG_COLUMNS))

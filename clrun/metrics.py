@@ -1,0 +1,67 @@
+"""Continual-learning metrics as pure functions of the accuracy matrix.
+
+``R`` has shape (T+1, T): row 0 is the untrained model (``init``, the b_j of forward transfer), row i >= 1 is
+after training task i, column j is task j. With T tasks and R_{i,j} in that indexing:
+
+* ACC        = 1/T     sum_j R_{T,j}
+* forgetting = 1/(T-1) sum_{j<T} max_{1<=l<T} R_{l,j} - R_{T,j}        (Chaudhry et al. 2018)
+* BWT        = 1/(T-1) sum_{j<T} R_{T,j} - R_{j,j}                     (Lopez-Paz & Ranzato 2017)
+* FWT        = 1/(T-1) sum_{j>=2} R_{j-1,j} - R_{0,j}                  (against row init)
+* learning accuracy = 1/T sum_j R_{j,j}
+
+Forgetting, BWT and FWT need two tasks; with T = 1 they are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _check(R: np.ndarray) -> tuple[np.ndarray, int]:
+    R = np.asarray(R, dtype=float)
+    if R.ndim != 2 or R.shape[0] != R.shape[1] + 1 or R.shape[1] < 1:
+        raise ValueError(f"R must have shape (T+1, T) with row 0 = init; got {R.shape}")
+    return R, R.shape[1]
+
+
+def average_accuracy(R: np.ndarray) -> float:
+    R, T = _check(R)
+    return float(R[T].mean())
+
+
+def learning_accuracy(R: np.ndarray) -> float:
+    R, T = _check(R)
+    return float(np.mean([R[j, j - 1] for j in range(1, T + 1)]))
+
+
+def average_forgetting(R: np.ndarray) -> float:
+    R, T = _check(R)
+    if T < 2:
+        return math.nan
+    return float(np.mean([R[1:T, j].max() - R[T, j] for j in range(T - 1)]))
+
+
+def backward_transfer(R: np.ndarray) -> float:
+    R, T = _check(R)
+    if T < 2:
+        return math.nan
+    return float(np.mean([R[T, j] - R[j + 1, j] for j in range(T - 1)]))
+
+
+def forward_transfer(R: np.ndarray) -> float:
+    R, T = _check(R)
+    if T < 2:
+        return math.nan
+    return float(np.mean([R[j, j] - R[0, j] for j in range(1, T)]))
+
+
+def all_metrics(R: np.ndarray) -> dict[str, float]:
+    return {
+        "ACC": average_accuracy(R),
+        "forgetting": average_forgetting(R),
+        "BWT": backward_transfer(R),
+        "FWT": forward_transfer(R),
+        "learning_accuracy": learning_accuracy(R),
+    }

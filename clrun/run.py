@@ -1,0 +1,161 @@
+"""One continual-learning run: build the stream, evaluate the untrained model, train task after task,
+evaluate every task after every task, and write R.csv, metrics.csv and log.csv into ``out_dir``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from clrun import io
+from clrun.learner import Learner
+from clrun.metrics import all_metrics
+from clrun.streams import ConfigError, Scenario
+
+log = logging.getLogger("clrun")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"device={name!r} is not allowed; use auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _number(cfg: DictConfig, key: str, kind: type, low: float, allow_none: bool = False, strict: bool = False):
+    value = OmegaConf.select(cfg, key)
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and kind is int:
+        ok = float(value).is_integer()
+    if ok:
+        ok = value > low if strict else value >= low
+    if not ok:
+        what = "an integer" if kind is int else "a number"
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise ConfigError(f"{key}={value!r} is not allowed: use {what} {bound}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every top-level setting checked before any data is loaded or any step is taken."""
+    _number(cfg, "seed", int, 0)
+    _number(cfg, "lam", float, 0, allow_none=True)
+    _number(cfg, "buffer", int, 0, allow_none=True)
+    _number(cfg, "lr", float, 0, strict=True)
+    _number(cfg, "epochs", int, 1)
+    _number(cfg, "iters", int, 1, allow_none=True)
+    _number(cfg, "batch_size", int, 1)
+    _number(cfg, "eval_batch_size", int, 1)
+    _number(cfg, "threads", int, 1, allow_none=True)
+    root = OmegaConf.select(cfg, "data.root")
+    if root is not None and Path(str(root)).exists() and not Path(str(root)).is_dir():
+        raise ConfigError(f"data.root={root} is not a directory")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Run the experiment described by ``cfg`` (a composed clrun config) and write its CSVs to ``out_dir``.
+
+    Returns the metrics row. Works without Hydra globals, so tests and notebooks can call it directly."""
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    validate(cfg)
+    io.atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = pick_device(str(cfg.device))
+    seed_everything(int(cfg.seed))
+
+    stream = instantiate(cfg.benchmark, data_root=cfg.data.root, download=cfg.data.download)
+    scenario = Scenario(str(cfg.scenario.name), stream)
+    stream.to(device)
+    T = len(stream)
+    model = instantiate(cfg.model, in_shape=stream.in_shape, n_outputs=scenario.n_outputs)
+    method = instantiate(cfg.method)
+    regularizers = [instantiate(c) for c in (cfg.regularizers or {}).values()]
+    learner = Learner(model, stream, scenario, method, regularizers, instantiate(cfg.optimizer), device,
+                      int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed))
+
+    R = np.full((T + 1, T), np.nan)
+    log_rows: list[dict] = []
+    base_row = {
+        "benchmark": stream.name, "scenario": scenario.name, "method": method.name,
+        "regularizers": "+".join(r.name for r in regularizers),
+        "lam": _first_attr([method, *regularizers], "lam"), "buffer": _first_attr([method], "buffer_size"),
+        "seed": int(cfg.seed), "n_tasks": T, "data_source": stream.data_source, "eval_split": stream.eval_split,
+    }
+    train_s = eval_s = 0.0
+
+    def metrics_row(status: str, tasks_done: int) -> dict:
+        done = all_metrics(R) if tasks_done == T else dict.fromkeys(
+            ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy"], math.nan)
+        return {**base_row, "status": status, "tasks_done": tasks_done, **done,
+                "wall_seconds": time.perf_counter() - t_start, "train_seconds": train_s, "eval_seconds": eval_s,
+                "peak_rss_mb": _peak_rss_mb(), "parameters": learner.n_parameters(),
+                "buffer_bytes": math.nan, **{k: v for m in learner.methods for k, v in m.extra_metrics().items()}}
+
+    t0 = time.perf_counter()
+    R[0] = learner.evaluate_all(-1)
+    eval_s += time.perf_counter() - t0
+    for t in range(T):
+        bars: list[tqdm] = []
+        progress = _progress_bar(f"task {t + 1}/{T} {stream.tasks[t].name}", bool(cfg.quiet), bars)
+        t0 = time.perf_counter()
+        log_rows += learner.train_task(t, int(cfg.epochs), cfg.iters, progress=progress)
+        train_s += time.perf_counter() - t0
+        for b in bars:
+            b.close()
+        t0 = time.perf_counter()
+        R[t + 1] = learner.evaluate_all(t)
+        eval_s += time.perf_counter() - t0
+        io.write_R(out_dir, R)
+        io.write_log(out_dir, log_rows)
+        row = metrics_row("completed" if t == T - 1 else "running", t + 1)
+        io.write_metrics(out_dir, row)
+        if not cfg.quiet:
+            log.info("after task %d/%d: mean accuracy on seen tasks %.4f", t + 1, T, np.mean(R[t + 1, : t + 1]))
+    if not cfg.quiet:
+        print(io.r_frame(R).round(4).to_string())
+        print("  ".join(f"{k}={row[k]:.4f}" for k in ["ACC", "forgetting", "BWT", "FWT"]))
+    return row
+
+
+def _progress_bar(desc: str, quiet: bool, bars: list):
+    """A progress callback for Learner.train_task: opens a tqdm bar sized to the task's steps."""
+
+    def start(total: int):
+        bars.append(tqdm(total=total, desc=desc, leave=False, disable=quiet, unit="step"))
+        return bars[-1].update
+
+    return start
+
+
+def _first_attr(objs, attr: str) -> float:
+    for o in objs:
+        v = getattr(o, attr, None)
+        if v is not None:
+            return v
+    return math.nan

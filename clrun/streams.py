@@ -1,0 +1,292 @@
+"""Task streams and scenario rules: the one place that decides what a task is and what the model may output.
+
+A benchmark turns a dataset into tasks whose labels are *local* (0..k-1 within the task). A scenario maps
+local labels to output units and says which units compete at train and test time:
+
+* ``task_il``  : tasks get disjoint units (a shared output layer with the other tasks' logits masked, which
+  is one head per task); the task id selects them.
+* ``domain_il``: one head of k units shared by every task; no task id.
+* ``class_il`` : tasks get disjoint units; the candidates are all units of the tasks seen so far.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clrun import data as datamod
+
+SCENARIOS = ("task_il", "domain_il", "class_il")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key, the value and what is allowed."""
+
+
+@dataclass
+class Task:
+    id: int
+    name: str
+    classes: list[int]  # dataset labels taught by this task, in local-label order
+    train_x: Tensor
+    train_y: Tensor  # local labels
+    eval_x: Tensor  # the split R is measured on (test, or validation when val_fraction > 0)
+    eval_y: Tensor
+    perm: Tensor | None = None  # pixel permutation applied per batch (permuted MNIST), never materialised
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """The task's view of raw inputs ``x`` (applies the permutation, if any)."""
+        if self.perm is None:
+            return x
+        return x.flatten(1)[:, self.perm].view_as(x)
+
+
+@dataclass
+class Stream:
+    name: str
+    tasks: list[Task]
+    in_shape: tuple[int, ...]
+    data_source: str
+    eval_split: str = "test"
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def to(self, device: torch.device) -> Stream:
+        """Move every tensor to ``device`` once (shared tensors stay shared)."""
+        moved: dict[int, Tensor] = {}
+
+        def mv(t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            if id(t) not in moved:
+                moved[id(t)] = t.to(device)
+            return moved[id(t)]
+
+        for task in self.tasks:
+            task.train_x, task.train_y = mv(task.train_x), mv(task.train_y)
+            task.eval_x, task.eval_y = mv(task.eval_x), mv(task.eval_y)
+            task.perm = mv(task.perm)
+        return self
+
+
+class Scenario:
+    """Maps local labels to output units and gives the candidate-unit mask for any (task ids, seen-so-far)."""
+
+    def __init__(self, name: str, stream: Stream):
+        if name not in SCENARIOS:
+            raise ConfigError(f"scenario={name!r} is unknown; allowed: {', '.join(SCENARIOS)}")
+        self.name = name
+        sizes = [t.n_classes for t in stream.tasks]
+        if name == "domain_il":
+            self.offsets = [0] * len(sizes)
+            self.n_outputs = max(sizes)
+        else:
+            self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+            self.n_outputs = sum(sizes)
+        units = torch.zeros(len(sizes), self.n_outputs, dtype=torch.bool)
+        for i, (off, k) in enumerate(zip(self.offsets, sizes)):
+            units[i, off : off + k] = True
+        self.task_units = units  # [T, n_outputs]: the units that task i's labels live on
+        self.seen_units = units.cumsum(0).bool()  # [T, n_outputs]: units of tasks 0..i
+        self._device = torch.device("cpu")
+
+    @property
+    def uses_task_id(self) -> bool:
+        return self.name == "task_il"
+
+    def to(self, device: torch.device) -> Scenario:
+        self.task_units, self.seen_units = self.task_units.to(device), self.seen_units.to(device)
+        self._device = device
+        return self
+
+    def targets(self, local_y: Tensor, task_ids: Tensor | int) -> Tensor:
+        """Output-unit targets for local labels of the given task(s)."""
+        if self.name == "domain_il":
+            return local_y
+        offsets = torch.as_tensor(self.offsets, device=local_y.device)
+        return local_y + offsets[task_ids]
+
+    def mask(self, task_ids: Tensor, upto: int) -> Tensor | None:
+        """Bool [B, n_outputs] of the units that compete for each sample, or None when all do.
+
+        ``upto`` is the last task whose units are 'seen' (class-IL candidates)."""
+        if self.name == "domain_il":
+            return None
+        if self.name == "task_il":
+            return self.task_units[task_ids]
+        return self.seen_units[upto].expand(len(task_ids), -1)
+
+    def masked(self, logits: Tensor, task_ids: Tensor, upto: int) -> Tensor:
+        """Logits with non-candidate units pushed to a huge negative (finite, so KL terms stay finite)."""
+        m = self.mask(task_ids, upto)
+        if m is None:
+            return logits
+        return logits.masked_fill(~m, torch.finfo(logits.dtype).min / 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# benchmarks: each builds a Stream of tasks with local labels
+
+
+def _split_val(ds: datamod.Dataset, val_fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor, str]:
+    """(train_x, train_y, eval_x, eval_y, eval_split): a stratified seeded validation split, or the test set."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"benchmark.val_fraction={val_fraction} must be in [0, 1)")
+    if val_fraction == 0:
+        return ds.train_x, ds.train_y, ds.test_x, ds.test_y, "test"
+    g = torch.Generator().manual_seed(seed + 1)
+    val_idx = []
+    for c in ds.train_y.unique():
+        idx = (ds.train_y == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        val_idx.append(idx[: max(1, int(round(val_fraction * len(idx))))])
+    val = torch.cat(val_idx)
+    keep = torch.ones(len(ds.train_y), dtype=torch.bool)
+    keep[val] = False
+    return ds.train_x[keep], ds.train_y[keep], ds.train_x[val], ds.train_y[val], "val"
+
+
+def _check_n_tasks(n_tasks: int, low: int, high: int, what: str) -> None:
+    if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or not low <= n_tasks <= high:
+        raise ConfigError(f"benchmark.n_tasks={n_tasks!r} is not allowed for {what}: use an integer in [{low}, {high}]")
+
+
+def _class_split(name, x, y, ex, ey, class_order: list[int], n_tasks: int, offset: int = 0) -> list[Task]:
+    n_classes = len(class_order)
+    _check_n_tasks(n_tasks, 1, n_classes, f"{name} ({n_classes} classes)")
+    if n_classes % n_tasks:
+        raise ConfigError(f"benchmark.n_tasks={n_tasks} must divide the {n_classes} classes of {name}")
+    per = n_classes // n_tasks
+    # one lookup table maps dataset labels to local labels for every task at once
+    local = torch.empty(max(class_order) + 1, dtype=torch.int64)
+    tasks = []
+    for i in range(n_tasks):
+        classes = class_order[i * per : (i + 1) * per]
+        local[torch.tensor(classes)] = torch.arange(per)
+        tr = torch.isin(y, torch.tensor(classes))
+        te = torch.isin(ey, torch.tensor(classes))
+        label = "-".join(str(c) for c in classes) if per <= 5 else f"{classes[0]}..{classes[-1]}"
+        tasks.append(Task(offset + i, f"{name}:{label}", list(classes), x[tr], local[y[tr]], ex[te], local[ey[te]]))
+    return tasks
+
+
+def _order(n_classes: int, seed: int, fixed: bool) -> list[int]:
+    if fixed:
+        return list(range(n_classes))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_classes, generator=g).tolist()
+
+
+def split(dataset: str = "mnist", n_tasks: int = 5, stream_seed: int = 0, fixed_class_order: bool = False,
+          val_fraction: float = 0.0, data_root: str | None = None, download: bool = True,
+          name: str | None = None, **dataset_kwargs) -> Stream:
+    """Class-incremental split of ``dataset`` into ``n_tasks`` groups of classes (order fixed by seed, or
+    0-1/2-3/... with ``fixed_class_order``)."""
+    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs)
+    x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
+    order = _order(ds.n_classes, stream_seed, fixed_class_order)
+    tasks = _class_split(name or f"split_{dataset}", x, y, ex, ey, order, n_tasks)
+    return Stream(name or f"split_{dataset}", tasks, tuple(ds.train_x.shape[1:]), ds.source, split_name,
+                  {"class_order": order})
+
+
+def permuted(dataset: str = "mnist", n_tasks: int = 10, stream_seed: int = 0, val_fraction: float = 0.0,
+             data_root: str | None = None, download: bool = True, name: str | None = None,
+             **dataset_kwargs) -> Stream:
+    """Each task is the whole dataset under a fixed pixel permutation; task 1 is the identity."""
+    _check_n_tasks(n_tasks, 1, 10_000, "permuted streams")
+    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs)
+    x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
+    n_pix = math.prod(x.shape[1:])
+    g = torch.Generator().manual_seed(stream_seed)
+    classes = list(range(ds.n_classes))
+    tasks = []
+    for i in range(n_tasks):
+        perm = None if i == 0 else torch.randperm(n_pix, generator=g)
+        # the same tensors serve every task: the permutation is applied per batch
+        tasks.append(Task(i, f"perm{i}", classes, x, y, ex, ey, perm=perm))
+    return Stream(name or f"permuted_{dataset}", tasks, tuple(x.shape[1:]), ds.source, split_name)
+
+
+def _rotate(x: Tensor, degrees: float, chunk: int = 8192) -> Tensor:
+    """Rotate image batch ``x`` by ``degrees`` (bilinear, background = the image minimum)."""
+    if degrees % 360 == 0:
+        return x
+    theta = math.radians(degrees)
+    rot = torch.tensor([[math.cos(theta), -math.sin(theta), 0.0], [math.sin(theta), math.cos(theta), 0.0]])
+    bg = x.amin()
+    out = torch.empty_like(x)
+    for s in range(0, len(x), chunk):  # chunked to bound the sampling grid's memory
+        xb = x[s : s + chunk] - bg
+        grid = F.affine_grid(rot.expand(len(xb), 2, 3), list(xb.shape), align_corners=False)
+        out[s : s + chunk] = F.grid_sample(xb, grid, align_corners=False) + bg
+    return out
+
+
+def rotated(dataset: str = "mnist", n_tasks: int = 5, angles: list[float] | None = None, max_angle: float = 180.0,
+            stream_seed: int = 0, val_fraction: float = 0.0, data_root: str | None = None,
+            download: bool = True, name: str | None = None, **dataset_kwargs) -> Stream:
+    """Each task rotates the whole dataset by a fixed angle (``angles``, or evenly spaced in [0, max_angle))."""
+    _check_n_tasks(n_tasks, 1, 1000, "rotated streams")
+    angles = list(angles) if angles else [i * max_angle / n_tasks for i in range(n_tasks)]
+    if len(angles) != n_tasks:
+        raise ConfigError(f"benchmark.angles has {len(angles)} entries but benchmark.n_tasks={n_tasks}")
+    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs)
+    x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
+    classes = list(range(ds.n_classes))
+    tasks = [Task(i, f"rot{a:g}", classes, _rotate(x, a), y, _rotate(ex, a), ey) for i, a in enumerate(angles)]
+    return Stream(name or f"rotated_{dataset}", tasks, tuple(x.shape[1:]), ds.source, split_name,
+                  {"angles": angles})
+
+
+def domains(dataset: str = "mnist", n_tasks: int = 3, angle: float = 45.0, noise_std: float = 1.0,
+            stream_seed: int = 0, val_fraction: float = 0.0, data_root: str | None = None,
+            download: bool = True, name: str | None = None, **dataset_kwargs) -> Stream:
+    """The reference text's Domain-IL example: clean -> rotated -> noisy (Gaussian noise, fixed by seed)."""
+    _check_n_tasks(n_tasks, 1, 3, "mnist_domains (clean, rotated, noisy)")
+    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs)
+    x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
+    g = torch.Generator().manual_seed(stream_seed)
+
+    def noisy(t: Tensor) -> Tensor:
+        return t + noise_std * torch.randn(t.shape, generator=g)
+
+    views = [("clean", x, ex), (f"rot{angle:g}", _rotate(x, angle), _rotate(ex, angle)), ("noisy", noisy(x), noisy(ex))]
+    classes = list(range(ds.n_classes))
+    tasks = [Task(i, n, classes, tx, y, tex, ey) for i, (n, tx, tex) in enumerate(views[:n_tasks])]
+    return Stream(name or f"{dataset}_domains", tasks, tuple(x.shape[1:]), ds.source, split_name)
+
+
+def sequence(datasets: list[str], stream_seed: int = 0, val_fraction: float = 0.0, data_root: str | None = None,
+             download: bool = True, name: str | None = None, n_tasks: int | None = None) -> Stream:
+    """One task per dataset, in order (CIFAR-10 then SVHN: the forgetting demo). Inputs must share a shape."""
+    if n_tasks is not None and n_tasks != len(datasets):
+        raise ConfigError(f"benchmark.n_tasks={n_tasks} must equal the number of datasets ({len(datasets)})")
+    tasks, shape, sources = [], None, set()
+    for i, dname in enumerate(datasets):
+        ds = _load(dname, data_root, download, stream_seed, {})
+        x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
+        if shape is not None and tuple(x.shape[1:]) != shape:
+            raise ConfigError(f"benchmark.datasets: {dname} inputs {tuple(x.shape[1:])} differ from {shape}")
+        shape = tuple(x.shape[1:])
+        sources.add(ds.source)
+        tasks.append(Task(i, dname, list(range(ds.n_classes)), x, y, ex, ey))
+    return Stream(name or "_".join(datasets), tasks, shape, "+".join(sorted(sources)), split_name)
+
+
+def _load(dataset: str, root: str | None, download: bool, seed: int, kwargs: dict) -> datamod.Dataset:
+    if dataset == "synthetic":
+        return datamod.synthetic(seed=seed, **kwargs)
+    if kwargs:
+        raise ConfigError(f"benchmark keys {sorted(kwargs)} are not understood for dataset {dataset}")
+    return datamod.load(dataset, root, download, seed)

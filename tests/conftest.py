@@ -1,0 +1,30 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from clrun.app import CONF_DIR
+
+# tests run on two cores: keep torch from oversubscribing them
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["benchmark=synthetic", "quiet=true", "device=cpu", "lr=0.1", "model.hidden=[64]"]
+
+
+def make_cfg(*overrides: str):
+    """A composed clrun config, as Hydra would give it, without Hydra globals."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def clrun_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "clrun.app", *args]
+
+
+@pytest.fixture
+def cfg_factory():
+    return make_cfg

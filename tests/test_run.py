@@ -1,0 +1,121 @@
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clrun import io
+from clrun.run import run
+from clrun.streams import ConfigError
+from tests.conftest import FAST, REPO, clrun_cmd, make_cfg
+
+
+def test_clrun_subprocess_writes_the_three_csvs_with_their_schema(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(clrun_cmd(*FAST, "seed=1", f"hydra.run.dir={out}"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / ".hydra" / "config.yaml").exists()
+
+    R = pd.read_csv(out / "R.csv", index_col=0)
+    assert list(R.index) == ["init"] + [f"after_task_{i}" for i in range(1, 6)]
+    assert list(R.columns) == [f"task_{j}" for j in range(1, 6)]
+    assert ((R.to_numpy() >= 0) & (R.to_numpy() <= 1)).all()
+
+    m = pd.read_csv(out / "metrics.csv")
+    assert len(m) == 1
+    assert list(m.columns[: len(io.METRICS_COLUMNS)]) == io.METRICS_COLUMNS
+    row = m.iloc[0]
+    assert (row.benchmark, row.scenario, row.method, row.seed, row.n_tasks) == ("synthetic", "class_il", "naive", 1, 5)
+    assert row.status == "completed" and row.data_source == "synthetic"
+    assert row.ACC == pytest.approx(R.iloc[-1].mean(), abs=1e-5)
+    assert row.parameters > 0 and row.peak_rss_mb > 0 and row.wall_seconds >= row.train_seconds > 0
+
+    log = pd.read_csv(out / "log.csv")
+    assert list(log.columns) == io.LOG_COLUMNS
+    assert log.task.tolist() == [1, 2, 3, 4, 5] and (log.steps > 0).all()
+    # quiet=true: no progress bars, no R table
+    assert "after_task_5" not in proc.stdout and "task 1/5" not in proc.stderr
+
+
+def test_progress_and_table_when_not_quiet(tmp_path):
+    proc = subprocess.run(clrun_cmd(*FAST, "quiet=false", "benchmark.n_tasks=2", f"hydra.run.dir={tmp_path}"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "after_task_2" in proc.stdout and "ACC=" in proc.stdout
+
+
+def test_hydra_cfg_flag_works():
+    proc = subprocess.run(clrun_cmd("--cfg", "job"), capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0 and "permuted_mnist" in proc.stdout and "_target_" in proc.stdout
+
+
+def test_default_experiment_is_permuted_mnist_domain_il():
+    cfg = make_cfg()
+    assert cfg.benchmark.name == "permuted_mnist" and cfg.scenario.name == "domain_il"
+    assert make_cfg("benchmark=split_mnist").scenario.name == "class_il"
+    assert make_cfg("benchmark=split_mnist", "scenario=task_il").scenario.name == "task_il"
+
+
+def test_same_seed_same_R_and_other_seed_differs(tmp_path):
+    R = [io.read_R(_run(tmp_path / f"r{i}", "seed=4") / "R.csv") for i in range(2)]
+    assert np.array_equal(R[0], R[1])
+    other = io.read_R(_run(tmp_path / "r2", "seed=5") / "R.csv")
+    assert not np.array_equal(R[0], other)
+
+
+def _run(out, *overrides):
+    run(make_cfg(*FAST, *overrides), out)
+    return out
+
+
+def test_naive_forgets_and_joint_does_not_on_synthetic_class_il(tmp_path):
+    naive = run(make_cfg(*FAST, "epochs=3"), tmp_path / "naive")
+    joint = run(make_cfg(*FAST, "epochs=3", "method=joint"), tmp_path / "joint")
+    assert naive["BWT"] < -0.3 and naive["ACC"] < 0.7
+    assert joint["ACC"] > 0.9 and joint["forgetting"] < 0.05
+
+
+def test_task_il_forgets_less_than_class_il(tmp_path):
+    cil = run(make_cfg(*FAST, "epochs=3"), tmp_path / "cil")
+    til = run(make_cfg(*FAST, "epochs=3", "scenario=task_il"), tmp_path / "til")
+    assert til["ACC"] > cil["ACC"] + 0.2
+
+
+def test_iters_overrides_epochs(tmp_path):
+    _run(tmp_path, "iters=7", "epochs=5")
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert log.groupby("task").steps.sum().tolist() == [7] * 5
+
+
+@pytest.mark.parametrize("bench", ["permuted_mnist", "rotated_mnist", "mnist_domains", "split_mnist"])
+def test_every_mnist_benchmark_runs_on_a_synthetic_stand_in(tmp_path, bench):
+    # the same stream constructors on generated data: shapes, heads and scenarios fit together
+    cfg = make_cfg(f"benchmark={bench}", "+benchmark.n_classes=10", "+benchmark.side=8",
+                   "+benchmark.n_train=10", "+benchmark.n_test=5", "benchmark.dataset=synthetic",
+                   "quiet=true", "device=cpu", "benchmark.n_tasks=2")
+    row = run(cfg, tmp_path)
+    assert row["status"] == "completed" and row["n_tasks"] == 2
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "resnet18"])
+def test_every_model_trains(tmp_path, model):
+    row = run(make_cfg("benchmark=synthetic", f"model={model}", "quiet=true", "device=cpu",
+                       "benchmark.n_tasks=2", "benchmark.n_train=8", "benchmark.n_test=4"),
+              tmp_path)
+    assert row["status"] == "completed"
+
+
+def test_method_rejects_unsupported_scenario(tmp_path):
+    from clrun.methods.base import Method
+
+    class OnlyTaskIL(Method):
+        scenarios = ("task_il",)
+
+    from clrun.learner import Learner
+    from clrun.models import MLP
+    from clrun.streams import Scenario, split
+
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=4, n_test=2)
+    with pytest.raises(ConfigError, match="does not support scenario=class_il; it supports: task_il"):
+        Learner(MLP((1, 4, 4), 10), s, Scenario("class_il", s), OnlyTaskIL())

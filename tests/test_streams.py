@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from clrun import streams
+from clrun.streams import ConfigError, Scenario
+
+SYN = dict(dataset="synthetic", n_classes=10, side=4, n_train=20, n_test=10)
+
+
+def test_split_tasks_have_disjoint_classes_covering_the_dataset():
+    s = streams.split(n_tasks=5, stream_seed=3, **SYN)
+    classes = [c for t in s.tasks for c in t.classes]
+    assert sorted(classes) == list(range(10))
+    for t in s.tasks:
+        assert t.train_y.unique().tolist() == [0, 1]  # local labels
+        assert len(t.train_y) == 2 * 20 and len(t.eval_y) == 2 * 10
+
+
+def test_split_class_order_fixed_by_seed_and_optionally_fixed():
+    a = streams.split(n_tasks=5, stream_seed=1, **SYN).meta["class_order"]
+    b = streams.split(n_tasks=5, stream_seed=1, **SYN).meta["class_order"]
+    c = streams.split(n_tasks=5, stream_seed=2, **SYN).meta["class_order"]
+    assert a == b and a != c
+    fixed = streams.split(n_tasks=5, stream_seed=2, fixed_class_order=True, **SYN)
+    assert [t.classes for t in fixed.tasks] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+
+
+def test_split_local_labels_follow_the_class_order():
+    s = streams.split(n_tasks=5, stream_seed=7, **SYN)
+    base = streams._load("synthetic", None, True, 7, {k: v for k, v in SYN.items() if k != "dataset"})
+    for t in s.tasks:
+        for local, cls in enumerate(t.classes):
+            rows = t.train_x[t.train_y == local]
+            ref = base.train_x[base.train_y == cls]
+            assert torch.equal(rows, ref)
+
+
+def test_permutations_fixed_by_seed_first_is_identity():
+    s1 = streams.permuted(n_tasks=4, stream_seed=5, **SYN)
+    s2 = streams.permuted(n_tasks=4, stream_seed=5, **SYN)
+    s3 = streams.permuted(n_tasks=4, stream_seed=6, **SYN)
+    assert s1.tasks[0].perm is None
+    for a, b, c in zip(s1.tasks[1:], s2.tasks[1:], s3.tasks[1:]):
+        assert torch.equal(a.perm, b.perm) and not torch.equal(a.perm, c.perm)
+        assert sorted(a.perm.tolist()) == list(range(16))
+    # the permutation is applied per batch; the underlying tensors are shared, not copied
+    assert s1.tasks[1].train_x is s1.tasks[0].train_x
+    x = s1.tasks[0].train_x[:3]
+    assert torch.equal(s1.tasks[2].inputs(x).flatten(1), x.flatten(1)[:, s1.tasks[2].perm])
+
+
+def test_rotated_tasks_rotate_and_keep_labels():
+    s = streams.rotated(n_tasks=3, angles=[0, 90, 180], **SYN)
+    assert torch.equal(s.tasks[0].train_x, streams.permuted(n_tasks=1, **SYN).tasks[0].train_x)
+    # 180 degrees twice is the identity on a square image (up to interpolation at the border)
+    back = streams._rotate(s.tasks[2].train_x, 180)
+    assert torch.allclose(back, s.tasks[0].train_x, atol=1e-4)
+    assert all(torch.equal(t.train_y, s.tasks[0].train_y) for t in s.tasks)
+    with pytest.raises(ConfigError, match="angles"):
+        streams.rotated(n_tasks=2, angles=[0, 10, 20], **SYN)
+
+
+def test_domains_is_clean_rotated_noisy():
+    s = streams.domains(**SYN)
+    assert [t.name.split("rot")[0] or "rot" for t in s.tasks] == ["clean", "rot", "noisy"]
+    assert not torch.equal(s.tasks[2].train_x, s.tasks[0].train_x)
+
+
+@pytest.mark.parametrize("scenario,n_out", [("task_il", 10), ("class_il", 10), ("domain_il", 2)])
+def test_label_mapping_per_scenario_split(scenario, n_out):
+    s = streams.split(n_tasks=5, **SYN)
+    sc = Scenario(scenario, s)
+    assert sc.n_outputs == n_out
+    y = torch.tensor([0, 1])
+    for t in range(5):
+        units = sc.targets(y, t).tolist()
+        assert units == ([0, 1] if scenario == "domain_il" else [2 * t, 2 * t + 1])
+
+
+def test_masks_per_scenario():
+    s = streams.permuted(n_tasks=3, **SYN)
+    ti, ci, di = (Scenario(n, s) for n in ("task_il", "class_il", "domain_il"))
+    assert ti.n_outputs == ci.n_outputs == 30 and di.n_outputs == 10
+    ids = torch.tensor([0, 2])
+    m = ti.mask(ids, upto=2)
+    assert m[0].nonzero().squeeze().tolist() == list(range(10))
+    assert m[1].nonzero().squeeze().tolist() == list(range(20, 30))
+    assert ci.mask(ids, upto=1).sum(1).tolist() == [20, 20]  # classes of tasks 0..1, whatever the sample
+    assert di.mask(ids, upto=0) is None
+    logits = torch.zeros(2, 30)
+    masked = ti.masked(logits, ids, 2)
+    assert torch.isfinite(masked).all() and (masked.argmax(1) == torch.tensor([0, 20])).all()
+
+
+def test_validation_split_is_stratified_and_disjoint_from_train():
+    s = streams.split(n_tasks=5, val_fraction=0.2, **SYN)
+    assert s.eval_split == "val"
+    t = s.tasks[0]
+    assert len(t.eval_y) == 2 * 4 and len(t.train_y) == 2 * 16
+    # validation rows come out of the training set, not the test set
+    train_rows = {tuple(r.tolist()) for r in t.train_x.flatten(1)}
+    assert not any(tuple(r.tolist()) in train_rows for r in t.eval_x.flatten(1))
+
+
+@pytest.mark.parametrize("n_tasks", [0, 3, 11, 2.5])
+def test_bad_n_tasks_for_split(n_tasks):
+    with pytest.raises(ConfigError, match="n_tasks"):
+        streams.split(n_tasks=n_tasks, **SYN)
+
+
+def test_unknown_scenario():
+    with pytest.raises(ConfigError, match="scenario='online'"):
+        Scenario("online", streams.split(n_tasks=5, **SYN))
