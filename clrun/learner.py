@@ -45,6 +45,7 @@ class Learner:
         self.optimizer: torch.optim.Optimizer | None = None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)  # batch order: independent of model init
         self.current_task = -1
         for m in self.methods:
@@ -146,6 +147,20 @@ class Learner:
             sel = ids == t
             out[sel] = tasks[t].inputs(x[sel])
         return out
+
+    def task_sample(self, task_id: int, n: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Up to ``n`` random training samples of one task: (inputs in the task's view, unit targets, task ids).
+
+        Drawn with their own generator, so estimating importance does not shift the batch order."""
+        task = self.stream.tasks[task_id]
+        total = len(task.train_y)
+        if n is not None and n < total:
+            g = torch.Generator().manual_seed(self.seed * 7919 + task_id)
+            idx = torch.randperm(total, generator=g)[:n].to(self.device)
+        else:
+            idx = torch.arange(total, device=self.device)
+        ids = torch.full((len(idx),), task_id, dtype=torch.long, device=self.device)
+        return task.inputs(task.train_x[idx]), self.scenario.targets(task.train_y[idx], task_id), ids
 
     # ---- evaluation
     @torch.inference_mode()

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from clrun import io
+from clrun.data import DatasetError
 from clrun.learner import Learner
 from clrun.metrics import all_metrics
 from clrun.streams import ConfigError, Scenario
@@ -71,6 +73,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.root={root} is not a directory")
 
 
+def build(node: DictConfig, **kwargs):
+    """``hydra.utils.instantiate``, surfacing our own configuration/dataset errors unwrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (ConfigError, DatasetError)):
+            raise cause from None
+        raise
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
@@ -89,14 +102,14 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     device = pick_device(str(cfg.device))
     seed_everything(int(cfg.seed))
 
-    stream = instantiate(cfg.benchmark, data_root=cfg.data.root, download=cfg.data.download)
+    stream = build(cfg.benchmark, data_root=cfg.data.root, download=cfg.data.download)
     scenario = Scenario(str(cfg.scenario.name), stream)
     stream.to(device)
     T = len(stream)
-    model = instantiate(cfg.model, in_shape=stream.in_shape, n_outputs=scenario.n_outputs)
-    method = instantiate(cfg.method)
-    regularizers = [instantiate(c) for c in (cfg.regularizers or {}).values()]
-    learner = Learner(model, stream, scenario, method, regularizers, instantiate(cfg.optimizer), device,
+    model = build(cfg.model, in_shape=stream.in_shape, n_outputs=scenario.n_outputs)
+    method = build(cfg.method)
+    regularizers = [build(c) for c in (cfg.regularizers or {}).values()]
+    learner = Learner(model, stream, scenario, method, regularizers, build(cfg.optimizer), device,
                       int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed))
 
     R = np.full((T + 1, T), np.nan)

@@ -126,6 +126,13 @@ class Scenario:
             return self.task_units[task_ids]
         return self.seen_units[upto].expand(len(task_ids), -1)
 
+    def candidates(self, task_ids: Tensor, upto: int) -> Tensor:
+        """Like :meth:`mask`, but always a bool [B, n_outputs] tensor."""
+        m = self.mask(task_ids, upto)
+        if m is None:
+            return torch.ones(len(task_ids), self.n_outputs, dtype=torch.bool, device=task_ids.device)
+        return m
+
     def masked(self, logits: Tensor, task_ids: Tensor, upto: int) -> Tensor:
         """Logits with non-candidate units pushed to a huge negative (finite, so KL terms stay finite)."""
         m = self.mask(task_ids, upto)

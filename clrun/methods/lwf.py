@@ -1,0 +1,52 @@
+"""Learning without Forgetting (Li & Hoiem 2017): distil the previous model's outputs on the new data,
+alpha * T^2 * KL(softmax(z_old/T) || softmax(z_new/T)). Task-IL distils each old task's head; class-IL and
+domain-IL distil the shared head's previously seen units."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clrun.methods.base import Batch, Method, require
+
+
+class LwF(Method):
+    def __init__(self, alpha: float = 1.0, temperature: float = 2.0):
+        require(alpha >= 0, f"method.alpha={alpha!r} must be >= 0")
+        require(temperature > 0, f"method.temperature={temperature!r} must be > 0")
+        self.lam = self.alpha = float(alpha)
+        self.temperature = float(temperature)
+        self.old_model: torch.nn.Module | None = None
+        self.old_tasks = 0
+
+    def after_task(self, task_id: int) -> None:
+        self.old_model = copy.deepcopy(self.learner.model).eval()
+        for p in self.old_model.parameters():
+            p.requires_grad_(False)
+        self.old_tasks = task_id + 1
+
+    def unit_groups(self) -> list[Tensor]:
+        """Groups of output units whose old distributions are kept: one per old head, or the old shared head."""
+        sc = self.learner.scenario
+        if sc.uses_task_id:
+            return [sc.task_units[k] for k in range(self.old_tasks)]
+        return [sc.seen_units[self.old_tasks - 1]]
+
+    def penalty(self, batch: Batch, logits: Tensor) -> Tensor | None:
+        if self.old_model is None or self.alpha == 0:
+            return None
+        with torch.no_grad():
+            old_logits = self.old_model(batch.x)
+        T = self.temperature
+        total = logits.new_zeros(())
+        for units in self.unit_groups():
+            p_old = F.log_softmax(old_logits[:, units] / T, dim=1)
+            p_new = F.log_softmax(logits[:, units] / T, dim=1)
+            total = total + F.kl_div(p_new, p_old, log_target=True, reduction="batchmean")
+        return self.alpha * T * T * total
+
+    def extra_metrics(self) -> dict:
+        return {"snapshot_bytes": sum(p.nbytes for p in self.old_model.parameters()) if self.old_model else 0}

@@ -1,0 +1,69 @@
+"""The quadratic anchor shared by EWC, MAS and SI: scale * lam * sum_k sum_i W_k,i (theta_i - theta*_k,i)^2.
+
+Not a method by itself: the three differ only in how the importance W is estimated and kept. The per-task
+pairs (W_k, theta*_k) are kept for inspection; training uses their sums A = sum_k W_k and B = sum_k W_k theta*_k,
+because the penalty's gradient 2 * scale * lam * (A theta - B) is then one fused pass over the parameters per
+step whatever the number of tasks, added straight to the gradients after backward (no autograd graph)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from clrun.methods.base import Method
+
+
+class QuadraticPenalty(Method):
+    scale = 0.5  # EWC/MAS: lam/2; SI uses c without the half
+
+    def __init__(self, lam: float, online: bool = False, gamma: float = 1.0):
+        self.lam = float(lam)
+        self.online = bool(online)
+        self.gamma = float(gamma)
+        # {param name: [K, *shape]}: K = tasks consolidated (or 1 when online)
+        self.importance: dict[str, Tensor] = {}
+        self.anchor: dict[str, Tensor] = {}
+        self._names: list[str] = []
+        self._A: list[Tensor] = []
+        self._B: list[Tensor] = []
+
+    def consolidate(self, new_importance: dict[str, Tensor]) -> None:
+        """Add one task's importance, anchored at the current parameters."""
+        params = dict(self.learner.model.named_parameters())
+        for name, w in new_importance.items():
+            theta = params[name].detach().clone().unsqueeze(0)
+            w = w.detach().unsqueeze(0)
+            if name not in self.importance:
+                self.importance[name], self.anchor[name] = w, theta
+            elif self.online:  # one running importance, the latest anchor (Schwarz et al. 2018)
+                self.importance[name] = self.gamma * self.importance[name] + w
+                self.anchor[name] = theta
+            else:  # one (importance, anchor) pair per task
+                self.importance[name] = torch.cat([self.importance[name], w])
+                self.anchor[name] = torch.cat([self.anchor[name], theta])
+        self._names = list(self.importance)
+        self._A = [self.importance[n].sum(0) for n in self._names]
+        self._B = [(self.importance[n] * self.anchor[n]).sum(0) for n in self._names]
+
+    def value(self) -> Tensor:
+        """The penalty itself (for tests and reporting; training only needs its gradient)."""
+        params = dict(self.learner.model.named_parameters())
+        total = torch.zeros((), device=self.learner.device)
+        for n in self._names:
+            total = total + (self.importance[n] * (params[n].detach().unsqueeze(0) - self.anchor[n]).pow(2)).sum()
+        return self.scale * self.lam * total
+
+    def after_backward(self) -> None:
+        if not self._names or self.lam == 0:
+            return
+        params = dict(self.learner.model.named_parameters())
+        ps = [params[n] for n in self._names]
+        for p in ps:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        step = torch._foreach_mul([p.detach() for p in ps], self._A)  # A * theta
+        torch._foreach_sub_(step, self._B)  # - B
+        torch._foreach_add_([p.grad for p in ps], step, alpha=2.0 * self.scale * self.lam)
+
+    def extra_metrics(self) -> dict:
+        return {"importance_bytes": sum(t.nbytes for d in (self.importance, self.anchor) for t in d.values())}

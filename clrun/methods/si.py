@@ -1,0 +1,50 @@
+"""Synaptic Intelligence (Zenke et al. 2017): importance accumulated online during training as the path
+integral w_i = sum_steps -g_i * delta theta_i (g: gradient of the loss without SI's penalty), then
+Omega_i += w_i / (Delta theta_i^2 + xi) at the task's end; penalty c * sum Omega_i (theta_i - theta*_i)^2, c = lam."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from clrun.methods.base import require
+from clrun.methods.quadratic import QuadraticPenalty
+
+
+class SI(QuadraticPenalty):
+    scale = 1.0
+
+    def __init__(self, lam: float = 1.0, xi: float = 0.1):
+        require(xi > 0, f"method.xi={xi!r} must be > 0 (it keeps the importance finite)")
+        super().__init__(lam, online=True, gamma=1.0)  # Omega accumulates; the anchor is the latest optimum
+        self.xi = float(xi)
+        self.path: dict[str, Tensor] = {}
+        self.start: dict[str, Tensor] = {}
+        self._grad: list[Tensor] = []
+        self._before: list[Tensor] = []
+
+    def _params(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.learner.model.named_parameters() if p.requires_grad]
+
+    def before_task(self, task_id: int) -> None:
+        self.start = {n: p.detach().clone() for n, p in self._params()}
+        self.path = {n: torch.zeros_like(p) for n, p in self._params()}
+
+    def after_backward(self) -> None:
+        # g and theta just before the optimiser moves theta; g is the gradient of the loss without SI's own
+        # surrogate (Zenke et al.'s "unregularised gradient"), so record it before adding the penalty's
+        params = self._params()
+        self._grad = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for _, p in params]
+        self._before = [p.detach().clone() for _, p in params]
+        super().after_backward()
+
+    def after_step(self) -> None:
+        if not self._grad:
+            return
+        for (name, p), g, before in zip(self._params(), self._grad, self._before):
+            self.path[name].sub_(g * (p.detach() - before))
+        self._grad, self._before = [], []
+
+    def after_task(self, task_id: int) -> None:
+        omega = {n: self.path[n] / ((p.detach() - self.start[n]).pow(2) + self.xi) for n, p in self._params()}
+        self.consolidate(omega)
