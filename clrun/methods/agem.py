@@ -1,0 +1,57 @@
+"""A-GEM (Chaudhry et al. 2019): if the new gradient g points against the reference gradient g_ref of a
+memory batch (g.g_ref < 0), project it: g <- g - (g.g_ref / g_ref.g_ref) g_ref. One extra forward/backward.
+The memory holds buffer // n_tasks random samples of each finished task."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from clrun.methods.base import Batch
+from clrun.methods.replay import ReplayMethod
+
+
+def agem_project(g: Tensor, g_ref: Tensor) -> Tensor:
+    """A-GEM's projection, branch-free (no host sync): unchanged when g.g_ref >= 0."""
+    dot = torch.dot(g, g_ref)
+    return g - (torch.clamp(dot, max=0.0) / torch.dot(g_ref, g_ref).clamp_min(1e-12)) * g_ref
+
+
+def flat_grad(params: list[torch.nn.Parameter]) -> Tensor:
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+
+
+def set_flat_grad(params: list[torch.nn.Parameter], flat: Tensor) -> None:
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+class AGEM(ReplayMethod):
+    def memory_loss(self, task_id: int) -> Tensor:
+        x, y, ids, _ = self.buffer.sample(self.replay_batch_size)
+        return self.learner.ce(self.forward(x, task_id), y, ids, task_id)
+
+    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        L = self.learner
+        params = L.trainable_parameters()
+        g_ref = None
+        if len(self.buffer):
+            L.optimizer.zero_grad(set_to_none=True)
+            self.memory_loss(batch.task).backward()
+            g_ref = flat_grad(params)
+        L.optimizer.zero_grad(set_to_none=True)
+        loss, logits = L.objective(batch)
+        loss.backward()
+        L.after_backward()
+        if g_ref is not None:
+            set_flat_grad(params, agem_project(flat_grad(params), g_ref))
+        L.optimizer.step()
+        return loss.detach(), logits.detach()
+
+    def after_task(self, task_id: int) -> None:
+        per_task = max(1, self.buffer_size // len(self.learner.stream))
+        x, y, ids = self.learner.task_sample(task_id, per_task)
+        self.buffer.add(x, y, ids)

@@ -1,0 +1,66 @@
+"""GEM (Lopez-Paz & Ranzato 2017): one memory per finished task (buffer // n_tasks samples each); when the
+new gradient g conflicts with any memory gradient g_k, replace it by the closest g~ with g~.g_k >= margin-ish,
+solving GEM's dual QP  min_v 0.5 v'GG'v + g'G'v  s.t. v >= 0,  g~ = G'v + g  with quadprog."""
+
+from __future__ import annotations
+
+import numpy as np
+import quadprog
+import torch
+from torch import Tensor
+
+from clrun.methods.agem import flat_grad, set_flat_grad
+from clrun.methods.base import Batch, require
+from clrun.methods.replay import ReplayMethod
+
+
+def gem_project(g: Tensor, G: Tensor, margin: float = 0.5, eps: float = 1e-8) -> Tensor:
+    """Project ``g`` [P] so that g~.g_k >= 0 for every row g_k of ``G`` [K, P] (GEM's dual QP, as published,
+    except that the ridge keeping the QP strictly convex is relative, eps * mean(diag GG'): GEM's absolute
+    1e-3 lets g~.g_k go negative by 1e-3 * v_k on large gradients)."""
+    mem = G.detach().cpu().double().numpy()
+    grad = g.detach().cpu().double().numpy()
+    k = mem.shape[0]
+    P = mem @ mem.T
+    P = 0.5 * (P + P.T) + np.eye(k) * (eps * max(np.trace(P) / k, 1e-30))
+    q = -(mem @ grad)
+    v = quadprog.solve_qp(P, q, np.eye(k), np.zeros(k) + margin)[0]
+    return torch.from_numpy(v @ mem + grad).to(g.dtype).to(g.device)
+
+
+class GEM(ReplayMethod):
+    def __init__(self, buffer_size: int = 200, buffer_policy: str = "reservoir", replay_batch_size: int | None = None,
+                 margin: float = 0.5):
+        require(margin >= 0, f"method.margin={margin!r} must be >= 0")
+        super().__init__(buffer_size, buffer_policy, replay_batch_size)
+        self.margin = float(margin)
+        self.memories: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def setup(self) -> None:
+        self.per_task = max(1, self.buffer_size // len(self.learner.stream))
+
+    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        L = self.learner
+        params = L.trainable_parameters()
+        mem_grads = []
+        for x, y, ids in self.memories:
+            L.optimizer.zero_grad(set_to_none=True)
+            L.ce(self.forward(x, int(ids[0])), y, ids, batch.task).backward()
+            mem_grads.append(flat_grad(params))
+        L.optimizer.zero_grad(set_to_none=True)
+        loss, logits = L.objective(batch)
+        loss.backward()
+        L.after_backward()
+        if mem_grads:
+            G = torch.stack(mem_grads)
+            g = flat_grad(params)
+            if bool((G @ g < 0).any()):  # project only on a violated constraint, as GEM does
+                set_flat_grad(params, gem_project(g, G, self.margin))
+        L.optimizer.step()
+        return loss.detach(), logits.detach()
+
+    def after_task(self, task_id: int) -> None:
+        self.memories.append(self.learner.task_sample(task_id, self.per_task))
+
+    def extra_metrics(self) -> dict:
+        return {"buffer_bytes": sum(t.nbytes for m in self.memories for t in m)}

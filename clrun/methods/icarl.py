@@ -1,0 +1,125 @@
+"""iCaRL (Rebuffi et al. 2017): exemplars chosen by herding (buffer // classes seen per class), training on
+new data + exemplars with binary cross-entropy whose old-class targets are the previous model's sigmoid
+outputs (distillation), and a nearest-class-mean classifier on L2-normalised features for prediction."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clrun.methods.base import Batch
+from clrun.methods.replay import ReplayMethod
+
+
+def herding(features: Tensor, m: int) -> Tensor:
+    """Indices of ``m`` samples whose running mean best tracks the mean of ``features`` [N, D], in order
+    of choice (so the first k are the best k-exemplar set)."""
+    mu = features.mean(0)
+    chosen: list[int] = []
+    running = torch.zeros_like(mu)
+    available = torch.ones(len(features), dtype=torch.bool, device=features.device)
+    for k in range(1, min(m, len(features)) + 1):
+        # distance of the mean after adding each candidate; one vectorised pass per exemplar
+        dist = (mu - (running + features) / k).norm(dim=1).masked_fill(~available, float("inf"))
+        i = int(dist.argmin())
+        chosen.append(i)
+        available[i] = False
+        running += features[i]
+    return torch.tensor(chosen, dtype=torch.long, device=features.device)
+
+
+class ICaRL(ReplayMethod):
+    scenarios = ("class_il", "task_il")
+
+    def __init__(self, buffer_size: int = 200, replay_batch_size: int | None = None, herding_batch: int = 2048):
+        super().__init__(buffer_size, "reservoir", replay_batch_size)
+        self.herding_batch = herding_batch
+        self.old_model: torch.nn.Module | None = None
+        self.exemplars: dict[int, tuple[Tensor, Tensor]] = {}  # unit -> (inputs in herding order, task ids)
+        self.class_means: Tensor | None = None  # [n_outputs, D], NaN rows for classes without exemplars
+
+    def setup(self) -> None:
+        pass  # exemplar sets replace the generic buffer
+
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor:
+        model = self.learner.model
+        was = model.training
+        model.eval()
+        out = torch.cat([F.normalize(model.features(x[s : s + self.herding_batch]), dim=1)
+                         for s in range(0, len(x), self.herding_batch)])
+        model.train(was)
+        return out
+
+    def _memory(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        if not self.exemplars:
+            return None
+        units = list(self.exemplars)
+        xs = torch.cat([self.exemplars[u][0] for u in units])
+        ys = torch.cat([torch.full((len(self.exemplars[u][0]),), u, dtype=torch.long) for u in units])
+        ids = torch.cat([self.exemplars[u][1] for u in units])
+        return xs, ys.to(xs.device), ids
+
+    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        L = self.learner
+        L.optimizer.zero_grad(set_to_none=True)
+        x, y, ids = batch.x, batch.y, batch.task_ids
+        if self._mem is not None:
+            mx, my, mids = self._mem
+            pick = torch.randperm(len(my), generator=L.generator)[: self.replay_batch_size].to(mx.device)
+            x, y, ids = torch.cat([x, mx[pick]]), torch.cat([y, my[pick]]), torch.cat([ids, mids[pick]])
+        logits = self.forward(x, batch.task)
+        target = F.one_hot(y, L.scenario.n_outputs).float()
+        if self.old_model is not None:  # distillation: old units learn the old model's sigmoid outputs
+            with torch.no_grad():
+                old = torch.sigmoid(self.old_model(x))
+            old_units = L.scenario.seen_units[batch.task - 1]
+            target[:, old_units] = old[:, old_units]
+        mask = L.scenario.candidates(ids, batch.task).float()
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        loss = (bce * mask).sum() / len(y) + L.penalty(batch, logits[: len(batch.y)])
+        loss.backward()
+        L.after_backward()
+        L.optimizer.step()
+        return loss.detach(), logits[: len(batch.y)].detach()
+
+    def before_task(self, task_id: int) -> None:
+        self._mem = self._memory()
+
+    def after_task(self, task_id: int) -> None:
+        L = self.learner
+        self.old_model = copy.deepcopy(L.model).eval()
+        for p in self.old_model.parameters():
+            p.requires_grad_(False)
+        x, y, ids = L.task_sample(task_id)
+        new_units = y.unique().tolist()
+        per_class = max(1, self.buffer_size // (len(self.exemplars) + len(new_units)))
+        for u in self.exemplars:  # herding order means the first m are the best m
+            ex, ex_ids = self.exemplars[u]
+            self.exemplars[u] = (ex[:per_class], ex_ids[:per_class])
+        for u in new_units:
+            xu = x[y == u]
+            chosen = herding(self.embed(xu), per_class)
+            self.exemplars[u] = (xu[chosen], ids[y == u][chosen])
+        feats = self.embed(torch.cat([self.exemplars[u][0] for u in self.exemplars]))
+        means = torch.full((L.scenario.n_outputs, feats.shape[1]), float("nan"), device=feats.device)
+        start = 0
+        for u in self.exemplars:
+            n = len(self.exemplars[u][0])
+            means[u] = F.normalize(feats[start : start + n].mean(0), dim=0)
+            start += n
+        self.class_means = means
+
+    def predict(self, x: Tensor, task_id: int, upto: int) -> Tensor:
+        if self.class_means is None:  # before any exemplar exists: the network's own outputs
+            return super().predict(x, task_id, upto)
+        f = self.embed(x)
+        scores = -torch.cdist(f, torch.nan_to_num(self.class_means, nan=1e3))  # classes without a mean lose
+        ids = torch.full((len(x),), task_id, dtype=torch.long, device=x.device)
+        return self.learner.scenario.masked(scores, ids, upto)
+
+    def extra_metrics(self) -> dict:
+        return {"buffer_bytes": sum(t.nbytes for ex in self.exemplars.values() for t in ex)}
