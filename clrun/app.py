@@ -9,8 +9,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
+from clrun import io
 from clrun.data import DatasetError
 from clrun.run import run
 from clrun.streams import ConfigError
@@ -21,14 +23,38 @@ log = logging.getLogger("clrun")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    sweeping = hc.mode == RunMode.MULTIRUN
     try:
-        row = run(cfg, HydraConfig.get().runtime.output_dir)
+        row = run(cfg, hc.runtime.output_dir)
     except (ConfigError, DatasetError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"clrun: error: {err}", file=sys.stderr)
+        if sweeping:  # one bad job must not stop the sweep; the summary lists it as failed
+            _record_failure(cfg, hc.runtime.output_dir, err)
+            return float("nan")
         sys.exit(2)
+    except Exception as err:
+        if not sweeping or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.exception("job failed; the sweep goes on")
+        _record_failure(cfg, hc.runtime.output_dir, err)
+        return float("nan")
+    if row["status"] != "completed" and not sweeping:
+        print(f"clrun: run {row['status']}: {row.get('error', '')}", file=sys.stderr)
+        sys.exit(3)
     return row["ACC"]
+
+
+def _record_failure(cfg: DictConfig, out_dir: str, err: BaseException) -> None:
+    """A metrics.csv for a job that failed before training wrote one."""
+    path = Path(out_dir) / io.METRICS_FILE
+    if path.exists():
+        return
+    target = str(OmegaConf.select(cfg, "method._target_", default=""))
+    io.write_metrics(Path(out_dir), {"method": target.rsplit(".", 1)[-1].lower(), "seed": cfg.get("seed"),
+                                     "status": "failed", "error": f"{type(err).__name__}: {err}"})
 
 
 def main() -> None:

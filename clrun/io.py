@@ -16,7 +16,7 @@ METRICS_COLUMNS = [
     "eval_split", "status", "tasks_done", "ACC", "forgetting", "BWT", "FWT", "learning_accuracy",
     "wall_seconds", "train_seconds", "eval_seconds", "peak_rss_mb", "parameters", "buffer_bytes", "error",
 ]
-LOG_COLUMNS = ["task", "epoch", "steps", "loss", "train_acc", "seconds"]
+LOG_COLUMNS = ["task", "epoch", "steps", "loss", "train_acc", "seconds", "skipped_steps"]
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

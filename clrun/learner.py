@@ -14,6 +14,10 @@ from clrun.methods.base import Batch, Method
 from clrun.streams import ConfigError, Scenario, Stream
 
 
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite (``on_nan=stop``)."""
+
+
 class Learner:
     def __init__(
         self,
@@ -27,6 +31,7 @@ class Learner:
         batch_size: int = 128,
         eval_batch_size: int = 4096,
         seed: int = 0,
+        on_nan: str = "stop",
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -46,6 +51,7 @@ class Learner:
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        self.on_nan = on_nan  # stop: raise Diverged at the epoch's end; skip: drop non-finite steps (syncs)
         self.generator = torch.Generator().manual_seed(seed)  # batch order: independent of model init
         self.current_task = -1
         for m in self.methods:
@@ -106,7 +112,7 @@ class Learner:
             order = torch.randperm(n, generator=self.generator).to(self.device)
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
-            seen, epoch_steps = 0, 0
+            seen, epoch_steps, skipped = 0, 0, 0
             for s in range(0, n, self.batch_size):
                 if step >= total:
                     break
@@ -114,7 +120,17 @@ class Learner:
                 ids = ids_all[idx]
                 x = task.inputs(x_all[idx]) if single_task else self._view(x_all[idx], ids)
                 batch = Batch(x, y_all[idx], ids, task_id)
+                if self.on_nan == "skip":
+                    snapshot = [p.detach().clone() for p in self.model.parameters()]
                 loss, logits = self.method.train_step(batch)
+                if self.on_nan == "skip" and not bool(torch.isfinite(loss)):
+                    with torch.no_grad():  # undo the step; its moments may hold NaN too
+                        for p, old in zip(self.model.parameters(), snapshot):
+                            p.copy_(old)
+                    self.optimizer.state.clear()
+                    skipped += 1
+                    step += 1
+                    continue
                 for m in self.methods:
                     m.after_step()
                 # accumulate on-device: no host sync per step
@@ -126,9 +142,12 @@ class Learner:
                 epoch_steps += 1
                 if tick:
                     tick(1)
+            if self.on_nan == "stop" and not bool(torch.isfinite(loss_sum)):  # one host sync per epoch
+                raise Diverged(f"loss became non-finite in task {task_id + 1}, epoch {epoch + 1} (on_nan=stop); "
+                               "lower lr or lam")
             row = {"task": task_id + 1, "epoch": epoch + 1, "steps": epoch_steps,
                    "loss": float(loss_sum) / max(seen, 1), "train_acc": int(correct) / max(seen, 1),
-                   "seconds": time.perf_counter() - t0}
+                   "seconds": time.perf_counter() - t0, "skipped_steps": skipped}
             rows.append(row)
             if on_epoch:
                 on_epoch(row)

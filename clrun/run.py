@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from clrun import io
 from clrun.data import DatasetError
-from clrun.learner import Learner
+from clrun.learner import Diverged, Learner
 from clrun.metrics import all_metrics
 from clrun.streams import ConfigError, Scenario
 
@@ -68,6 +68,8 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "batch_size", int, 1)
     _number(cfg, "eval_batch_size", int, 1)
     _number(cfg, "threads", int, 1, allow_none=True)
+    if OmegaConf.select(cfg, "on_nan") not in ("stop", "skip"):
+        raise ConfigError(f"on_nan={OmegaConf.select(cfg, 'on_nan')!r} is not allowed; use stop or skip")
     root = OmegaConf.select(cfg, "data.root")
     if root is not None and Path(str(root)).exists() and not Path(str(root)).is_dir():
         raise ConfigError(f"data.root={root} is not a directory")
@@ -110,7 +112,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     method = build(cfg.method)
     regularizers = [build(c) for c in (cfg.regularizers or {}).values()]
     learner = Learner(model, stream, scenario, method, regularizers, build(cfg.optimizer), device,
-                      int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed))
+                      int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed), str(cfg.on_nan))
 
     R = np.full((T + 1, T), np.nan)
     log_rows: list[dict] = []
@@ -133,23 +135,37 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     t0 = time.perf_counter()
     R[0] = learner.evaluate_all(-1)
     eval_s += time.perf_counter() - t0
-    for t in range(T):
-        bars: list[tqdm] = []
-        progress = _progress_bar(f"task {t + 1}/{T} {stream.tasks[t].name}", bool(cfg.quiet), bars)
-        t0 = time.perf_counter()
-        log_rows += learner.train_task(t, int(cfg.epochs), cfg.iters, progress=progress)
-        train_s += time.perf_counter() - t0
-        for b in bars:
-            b.close()
-        t0 = time.perf_counter()
-        R[t + 1] = learner.evaluate_all(t)
-        eval_s += time.perf_counter() - t0
-        io.write_R(out_dir, R)
+    row = metrics_row("running", 0)
+    try:
+        for t in range(T):
+            bars: list[tqdm] = []
+            progress = _progress_bar(f"task {t + 1}/{T} {stream.tasks[t].name}", bool(cfg.quiet), bars)
+            t0 = time.perf_counter()
+            try:
+                learner.train_task(t, int(cfg.epochs), cfg.iters, progress=progress, on_epoch=log_rows.append)
+            finally:
+                train_s += time.perf_counter() - t0
+                for b in bars:
+                    b.close()
+            t0 = time.perf_counter()
+            R[t + 1] = learner.evaluate_all(t)
+            eval_s += time.perf_counter() - t0
+            io.write_R(out_dir, R)
+            io.write_log(out_dir, log_rows)
+            row = metrics_row("completed" if t == T - 1 else "running", t + 1)
+            io.write_metrics(out_dir, row)
+            if not cfg.quiet:
+                log.info("after task %d/%d: mean accuracy on seen tasks %.4f", t + 1, T, np.mean(R[t + 1, : t + 1]))
+    except Diverged as err:  # the rows so far stay; the run says why it stopped
+        log.error("%s", err)
+        row = {**metrics_row("diverged", row["tasks_done"]), "error": str(err)}
+    except Exception as err:
+        row = {**metrics_row("failed", row["tasks_done"]), "error": f"{type(err).__name__}: {err}"}
         io.write_log(out_dir, log_rows)
-        row = metrics_row("completed" if t == T - 1 else "running", t + 1)
         io.write_metrics(out_dir, row)
-        if not cfg.quiet:
-            log.info("after task %d/%d: mean accuracy on seen tasks %.4f", t + 1, T, np.mean(R[t + 1, : t + 1]))
+        raise
+    io.write_log(out_dir, log_rows)
+    io.write_metrics(out_dir, row)
     if not cfg.quiet:
         print(io.r_frame(R).round(4).to_string())
         print("  ".join(f"{k}={row[k]:.4f}" for k in ["ACC", "forgetting", "BWT", "FWT"]))

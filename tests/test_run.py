@@ -119,3 +119,26 @@ def test_method_rejects_unsupported_scenario(tmp_path):
     s = split(dataset="synthetic", n_tasks=5, side=4, n_train=4, n_test=2)
     with pytest.raises(ConfigError, match="does not support scenario=class_il; it supports: task_il"):
         Learner(MLP((1, 4, 4), 10), s, Scenario("class_il", s), OnlyTaskIL())
+
+
+def test_nan_loss_stops_with_status_diverged_and_keeps_earlier_rows(tmp_path):
+    # a huge EWC weight explodes as soon as the penalty exists, i.e. in task 2
+    row = run(make_cfg(*FAST, "method=ewc", "lam=1e9", "benchmark.n_tasks=2"), tmp_path)
+    assert row["status"] == "diverged" and row["tasks_done"] == 1 and "non-finite" in row["error"]
+    R = pd.read_csv(tmp_path / "R.csv", index_col=0)
+    assert R.loc["after_task_1"].notna().all() and R.loc["after_task_2"].isna().all()
+    m = pd.read_csv(tmp_path / "metrics.csv")
+    assert m.status[0] == "diverged"
+
+
+def test_nan_loss_skip_mode_counts_skipped_steps(tmp_path):
+    row = run(make_cfg(*FAST, "method=ewc", "lam=1e9", "benchmark.n_tasks=2", "on_nan=skip"), tmp_path)
+    assert row["status"] == "completed"
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert log.skipped_steps.sum() > 0 and np.isfinite(log.loss).all()
+
+
+def test_diverged_run_exits_non_zero(tmp_path):
+    proc = subprocess.run(clrun_cmd(*FAST, "method=ewc", "lam=1e9", "benchmark.n_tasks=2", f"hydra.run.dir={tmp_path}"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3 and "diverged" in proc.stderr

@@ -33,16 +33,21 @@ class SI(QuadraticPenalty):
     def after_backward(self) -> None:
         # g and theta just before the optimiser moves theta; g is the gradient of the loss without SI's own
         # surrogate (Zenke et al.'s "unregularised gradient"), so record it before adding the penalty's
-        params = self._params()
-        self._grad = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for _, p in params]
-        self._before = [p.detach().clone() for _, p in params]
+        params = [p for _, p in self._params()]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self._grad = torch._foreach_mul([p.grad for p in params], 1.0)  # copies, in one fused call
+        self._before = torch._foreach_mul([p.detach() for p in params], 1.0)
         super().after_backward()
 
     def after_step(self) -> None:
         if not self._grad:
             return
-        for (name, p), g, before in zip(self._params(), self._grad, self._before):
-            self.path[name].sub_(g * (p.detach() - before))
+        params = self._params()
+        delta = torch._foreach_sub([p.detach() for _, p in params], self._before)
+        torch._foreach_mul_(delta, self._grad)
+        torch._foreach_sub_([self.path[n] for n, _ in params], delta)  # w -= g * delta theta
         self._grad, self._before = [], []
 
     def after_task(self, task_id: int) -> None:
