@@ -25,6 +25,10 @@ log = logging.getLogger("clrun")
 def _hydra_main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     sweeping = hc.mode == RunMode.MULTIRUN
+    n_jobs = OmegaConf.select(hc, "launcher.n_jobs")
+    if cfg.threads is None and n_jobs:  # parallel jobs share the cores: jobs x threads = cores
+        cores = os.cpu_count() or 1
+        cfg.threads = max(1, cores // (cores if n_jobs < 0 else n_jobs))
     try:
         row = run(cfg, hc.runtime.output_dir)
     except (ConfigError, DatasetError) as err:

@@ -166,6 +166,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         raise
     io.write_log(out_dir, log_rows)
     io.write_metrics(out_dir, row)
+    if cfg.plots:
+        from clrun import plots  # matplotlib only when plotting
+
+        plots.plot_dir(out_dir)
     if not cfg.quiet:
         print(io.r_frame(R).round(4).to_string())
         print("  ".join(f"{k}={row[k]:.4f}" for k in ["ACC", "forgetting", "BWT", "FWT"]))

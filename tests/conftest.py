@@ -12,7 +12,7 @@ from clrun.app import CONF_DIR
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = ["benchmark=synthetic", "quiet=true", "device=cpu", "lr=0.1", "model.hidden=[64]"]
+FAST = ["benchmark=synthetic", "quiet=true", "device=cpu", "lr=0.1", "model.hidden=[64]", "plots=false"]
 
 
 def make_cfg(*overrides: str):

@@ -1,0 +1,174 @@
+"""Plots made from the CSVs only (R.csv for a run; summary_by_config.csv for a sweep). ``clrun-plot DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.patches as mpatches  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from clrun import io  # noqa: E402
+from clrun.report import BY_CONFIG_FILE, write_summaries  # noqa: E402
+
+
+def _run_title(run_dir: Path) -> str:
+    """'method on benchmark (scenario)' from metrics.csv, else the directory's name."""
+    f = run_dir / io.METRICS_FILE
+    if f.exists():
+        m = pd.read_csv(f).iloc[0]
+        reg = f"+{m['regularizers']}" if isinstance(m.get("regularizers"), str) and m["regularizers"] else ""
+        return f"{m['method']}{reg} on {m['benchmark']} ({m['scenario']}), seed {m['seed']}"
+    return run_dir.name
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_R(run_dir: str | Path) -> Path:
+    """R as an annotated heatmap; outlined: just learned (diagonal), read by FWT (the task before it is
+    trained, against row init) and by BWT (the last row)."""
+    run_dir = Path(run_dir)
+    R = pd.read_csv(run_dir / io.R_FILE, index_col=0)
+    M = R.to_numpy(dtype=float)
+    T = M.shape[1]
+    fig, ax = plt.subplots(figsize=(1.1 * T + 3.2, 0.8 * (T + 1) + 1.6))
+    im = ax.imshow(M, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i in range(T + 1):
+        for j in range(T):
+            if not np.isnan(M[i, j]):
+                ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                        color="white" if M[i, j] < 0.6 else "black")
+
+    def box(i, j, color, style):
+        ax.add_patch(mpatches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=color, lw=2.2, ls=style))
+
+    for j in range(T):
+        box(j + 1, j, "white", "-")  # R_{j,j}: accuracy right after learning task j
+    for j in range(1, T):
+        box(j, j, "tab:orange", "--")  # R_{j-1,j}: FWT, against b_j in row init
+        box(0, j, "tab:orange", ":")
+    for j in range(T - 1):
+        box(T, j, "tab:red", "--")  # R_{T,j}: BWT
+    ax.set_xticks(range(T), R.columns, rotation=30 if T > 6 else 0)
+    ax.set_yticks(range(T + 1), R.index)
+    ax.set_xlabel("evaluated on")
+    ax.set_ylabel("model after")
+    ax.set_title(f"Accuracy matrix R: {_run_title(run_dir)}", fontsize=10)
+    handles = [mpatches.Patch(fill=False, edgecolor=c, ls=s, lw=2, label=lbl) for c, s, lbl in
+               [("gray", "-", "just learned (R_jj)"), ("tab:orange", "--", "FWT: before training (vs init)"),
+                ("tab:red", "--", "BWT: after the last task")]]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
+    fig.colorbar(im, ax=ax, label="accuracy")
+    return _save(fig, run_dir / "R.png")
+
+
+def plot_task_curves(run_dir: str | Path) -> Path:
+    """Accuracy of each task as the stream goes on: the walk out of each task's basin."""
+    run_dir = Path(run_dir)
+    R = pd.read_csv(run_dir / io.R_FILE, index_col=0)
+    T = R.shape[1]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    x = np.arange(T + 1)
+    for j, col in enumerate(R.columns):
+        ax.plot(x, R[col].to_numpy(), marker="o", ms=3, label=col.replace("_", " "))
+        ax.axvline(j + 1, color="gray", lw=0.4, alpha=0.4)
+    ax.set_xticks(x, ["init"] + [str(i) for i in range(1, T + 1)])
+    ax.set_xlabel("tasks trained")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Accuracy of each task over the stream\n{_run_title(run_dir)}", fontsize=10)
+    ax.legend(fontsize=8, ncol=2 if T > 6 else 1, loc="lower left")
+    return _save(fig, run_dir / "task_accuracy.png")
+
+
+def _label(row: pd.Series) -> str:
+    parts = [str(row["method"])]
+    if isinstance(row.get("regularizers"), str) and row["regularizers"]:
+        parts[0] += "+" + row["regularizers"]
+    for k in ("lam", "buffer"):
+        v = row.get(k)
+        if v not in ("", None) and not (isinstance(v, float) and np.isnan(v)):
+            parts.append(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}")
+    return " ".join(parts)
+
+
+def plot_vs(by_cfg: pd.DataFrame, key: str, out: Path, metrics: tuple[str, ...], log_x: bool) -> Path:
+    """Metric(s) against ``key`` (lam or buffer), one line per method, 95% CI as error bars."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
+    data = by_cfg[pd.to_numeric(by_cfg[key], errors="coerce").notna()].copy()
+    data[key] = pd.to_numeric(data[key])
+    for ax, metric in zip(axes[0], metrics):
+        for method, grp in data.groupby("method"):
+            grp = grp.sort_values(key)
+            ax.errorbar(grp[key], grp[f"{metric}_mean"], yerr=grp[f"{metric}_ci95"].fillna(0), marker="o",
+                        capsize=3, label=str(method))
+        if log_x:
+            ax.set_xscale("log")
+        if metric in ("ACC", "forgetting"):
+            ax.set_ylim(min(0.0, float(data[f"{metric}_mean"].min()) - 0.05), 1.0)
+        ax.set_xlabel(key + (" (log scale)" if log_x else " (samples)"))
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} vs {key}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def plot_methods(by_cfg: pd.DataFrame, out: Path) -> Path:
+    """Mean ACC and forgetting per configuration, 95% CI error bars."""
+    labels = [_label(r) for _, r in by_cfg.iterrows()]
+    y = np.arange(len(labels))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(labels) + 1.8), sharey=True)
+    for ax, metric, color in zip(axes, ("ACC", "forgetting"), ("tab:blue", "tab:red")):
+        ax.barh(y, by_cfg[f"{metric}_mean"], xerr=by_cfg[f"{metric}_ci95"].fillna(0), color=color, alpha=0.75,
+                capsize=3)
+        ax.set_xlabel(f"{metric} (mean over seeds, 95% CI)")
+        ax.set_xlim(min(0.0, float(by_cfg[f"{metric}_mean"].min()) - 0.05), 1.0)  # CI beyond [0, 1] is clipped
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle("Method comparison")
+    return _save(fig, out)
+
+
+def plot_dir(path: str | Path) -> list[Path]:
+    """Every plot that applies to ``path``: a run directory, a sweep directory, or a folder of runs."""
+    path = Path(path)
+    made: list[Path] = []
+    if (path / io.R_FILE).exists():
+        made += [plot_R(path), plot_task_curves(path)]
+    if not (path / BY_CONFIG_FILE).exists() and any(path.glob(f"*/{io.METRICS_FILE}")):
+        write_summaries(path)
+    if (path / BY_CONFIG_FILE).exists():
+        by_cfg = pd.read_csv(path / BY_CONFIG_FILE)
+        if not by_cfg.empty:
+            made.append(plot_methods(by_cfg, path / "methods.png"))
+            for key, log_x in (("lam", True), ("buffer", False)):
+                if key in by_cfg and pd.to_numeric(by_cfg[key], errors="coerce").nunique() > 1:
+                    metrics = ("ACC", "forgetting") if key == "lam" else ("ACC",)
+                    made.append(plot_vs(by_cfg, key, path / f"{key}.png", metrics, log_x))
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="clrun-plot", description="Plot a run or sweep directory from its CSVs.")
+    p.add_argument("dirs", nargs="+")
+    a = p.parse_args(argv)
+    for d in a.dirs:
+        if not Path(d).is_dir():
+            print(f"clrun-plot: error: {d} is not a directory", file=sys.stderr)
+            return 2
+        for f in plot_dir(d):
+            print(f)
+    return 0

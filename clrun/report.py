@@ -1,0 +1,180 @@
+"""Summaries of runs and sweeps, built from the CSVs alone: ``summary.csv`` (one row per job),
+``summary_by_config.csv`` (seeds aggregated: mean, std, 95% CI, n) and lam selection under a forgetting
+tolerance. Console scripts ``clrun-report`` and ``clrun-select``; a Hydra callback writes the summaries
+(and plots) when a multirun ends."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from scipy import stats
+
+from clrun import io
+
+SUMMARY_FILE, BY_CONFIG_FILE, SELECTION_FILE = "summary.csv", "summary_by_config.csv", "selection.csv"
+METRICS = ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy", "wall_seconds", "train_seconds", "peak_rss_mb",
+           "parameters", "buffer_bytes"]
+# what identifies a configuration when seeds are pooled
+CONFIG_KEYS = ["benchmark", "scenario", "method", "regularizers", "lam", "buffer", "n_tasks", "overrides_no_seed"]
+
+
+def _job_dirs(root: Path) -> list[Path]:
+    """Every run directory below ``root``: one with metrics.csv, or a Hydra job that never wrote one."""
+    found = {p.parent for p in root.rglob(io.METRICS_FILE)} | {p.parent for p in root.rglob(".hydra")}
+    return sorted(found, key=lambda p: (len(p.parts), str(p)))
+
+
+def _overrides(job: Path) -> list[str]:
+    f = job / ".hydra" / "overrides.yaml"
+    if not f.exists():
+        return []
+    return [str(o) for o in (yaml.safe_load(f.read_text()) or [])]
+
+
+def collect(*roots: str | Path) -> pd.DataFrame:
+    """One row per job found below ``roots``: its overrides, status and every metric."""
+    rows: list[dict[str, Any]] = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root} is not a run or sweep directory")
+        for job in _job_dirs(root):
+            ov = _overrides(job)
+            base = {"job_dir": str(job), "overrides": " ".join(ov),
+                    "overrides_no_seed": " ".join(o for o in ov if not o.split("=")[0].lstrip("+~").endswith("seed"))}
+            metrics = job / io.METRICS_FILE
+            if metrics.exists():
+                m = pd.read_csv(metrics).iloc[0].to_dict()
+                if m.get("status") == "running":  # written after a task, then the job stopped
+                    m["status"] = "incomplete"
+                rows.append({**base, **m})
+            else:
+                rows.append({**base, "status": "missing"})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=["job_dir", "overrides"] + io.METRICS_COLUMNS)
+    first = ["job_dir", "overrides", "status"]
+    return frame[first + [c for c in frame.columns if c not in first]]
+
+
+def ci95(values: pd.Series) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student t); NaN for fewer than 2 values."""
+    v = values.dropna()
+    n = len(v)
+    if n < 2:
+        return math.nan
+    return float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
+
+
+def by_config(summary: pd.DataFrame) -> pd.DataFrame:
+    """Completed jobs grouped by configuration (seeds pooled): mean, std, ci95 and n of each metric."""
+    done = summary[summary.status == "completed"].copy()
+    keys = [k for k in CONFIG_KEYS if k in done.columns]
+    if done.empty:
+        return pd.DataFrame(columns=keys + ["n"])
+    for k in keys:
+        done[k] = done[k].astype(object).where(done[k].notna(), "")  # NaN keys would drop out of groupby
+    metrics = [m for m in METRICS if m in done.columns]
+    out = []
+    for key, grp in done.groupby(keys, sort=True):
+        row = dict(zip(keys, key))
+        row["n"] = len(grp)
+        for m in metrics:
+            row[f"{m}_mean"] = grp[m].mean()
+            row[f"{m}_std"] = grp[m].std(ddof=1) if len(grp) > 1 else math.nan
+            row[f"{m}_ci95"] = ci95(grp[m])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def select(by_cfg: pd.DataFrame, max_forgetting: float) -> pd.DataFrame:
+    """Per method, the configuration with the best mean ACC whose mean forgetting is within the tolerance
+    (the reference text's FAQ rule for choosing lam)."""
+    ok = by_cfg[by_cfg["forgetting_mean"] <= max_forgetting]
+    if ok.empty:
+        return ok
+    best = ok.loc[ok.groupby("method")["ACC_mean"].idxmax()]
+    return best.sort_values("ACC_mean", ascending=False).reset_index(drop=True)
+
+
+def write_summaries(*roots: str | Path, out: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write summary.csv and summary_by_config.csv into ``out`` (default: the single root)."""
+    summary = collect(*roots)
+    out = Path(out or roots[0])
+    out.mkdir(parents=True, exist_ok=True)
+    grouped = by_config(summary)
+    io.atomic_write_csv(out / SUMMARY_FILE, summary)
+    io.atomic_write_csv(out / BY_CONFIG_FILE, grouped)
+    return summary, grouped
+
+
+class SweepSummary(Callback):
+    """Hydra callback: when a multirun ends, summarise (and plot) its sweep directory."""
+
+    def __init__(self, plots: bool = True):
+        self.plots = plots
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        summary, _ = write_summaries(sweep_dir)
+        counts = summary.status.value_counts().to_dict()
+        print(f"clrun: sweep summary in {sweep_dir / SUMMARY_FILE}: {counts}")
+        if self.plots and bool(config.get("plots", True)):
+            from clrun import plots
+
+            plots.plot_dir(sweep_dir)
+
+
+_SHOW = ["method", "regularizers", "lam", "buffer", "n", "ACC_mean", "ACC_ci95", "forgetting_mean", "BWT_mean",
+         "train_seconds_mean"]
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="clrun-report", description="Summarise run/sweep directories from their CSVs.")
+    p.add_argument("dirs", nargs="+", help="run or sweep directories (several are put side by side)")
+    p.add_argument("-o", "--out", help="where to write summary.csv and summary_by_config.csv "
+                   "(default: the directory, when there is one)")
+    a = p.parse_args(argv)
+    if len(a.dirs) > 1 and not a.out:
+        p.error("with several directories, say where the combined summary goes: -o DIR")
+    try:
+        summary, grouped = write_summaries(*a.dirs, out=a.out)
+    except FileNotFoundError as err:
+        print(f"clrun-report: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(summary)} jobs: {summary.status.value_counts().to_dict()}")
+    cols = [c for c in _SHOW if c in grouped.columns]
+    if not grouped.empty:
+        print(grouped[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def select_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="clrun-select",
+                                description="Per method, the best-ACC setting with forgetting under a tolerance.")
+    p.add_argument("dirs", nargs="+")
+    p.add_argument("--max-forgetting", type=float, required=True)
+    p.add_argument("-o", "--out", help="where selection.csv goes (default: the first directory)")
+    a = p.parse_args(argv)
+    try:
+        _, grouped = write_summaries(*a.dirs, out=a.out)
+    except FileNotFoundError as err:
+        print(f"clrun-select: error: {err}", file=sys.stderr)
+        return 2
+    best = select(grouped, a.max_forgetting)
+    io.atomic_write_csv(Path(a.out or a.dirs[0]) / SELECTION_FILE, best)
+    if best.empty:
+        print(f"no setting has mean forgetting <= {a.max_forgetting}")
+        return 1
+    cols = [c for c in _SHOW + ["overrides_no_seed"] if c in best.columns]
+    print(best[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
