@@ -111,12 +111,14 @@ def plot_vs(by_cfg: pd.DataFrame, key: str, out: Path, metrics: tuple[str, ...],
     for ax, metric in zip(axes[0], metrics):
         for method, grp in data.groupby("method"):
             grp = grp.sort_values(key)
-            ax.errorbar(grp[key], grp[f"{metric}_mean"], yerr=grp[f"{metric}_ci95"].fillna(0), marker="o",
-                        capsize=3, label=str(method))
+            mean, ci = grp[f"{metric}_mean"], grp[f"{metric}_ci95"].fillna(0)
+            if metric in ("ACC", "forgetting"):  # an interval past [0, 1] says nothing more; keep the axis readable
+                yerr = [np.minimum(ci, mean - min(0.0, mean.min())), np.minimum(ci, 1.0 - mean)]
+            else:
+                yerr = ci
+            ax.errorbar(grp[key], mean, yerr=yerr, marker="o", capsize=3, label=str(method), alpha=0.85)
         if log_x:
             ax.set_xscale("log")
-        if metric in ("ACC", "forgetting"):
-            ax.set_ylim(min(0.0, float(data[f"{metric}_mean"].min()) - 0.05), 1.0)
         ax.set_xlabel(key + (" (log scale)" if log_x else " (samples)"))
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} vs {key}")

@@ -12,7 +12,7 @@ from clrun.methods.er import ER
 
 class DER(ER):
     def __init__(self, buffer_size: int = 200, buffer_policy: str = "reservoir", replay_batch_size: int | None = None,
-                 alpha: float = 0.3, beta: float = 0.0):
+                 alpha: float = 0.2, beta: float = 0.0):
         require(alpha >= 0 and beta >= 0, f"method.alpha={alpha!r} and method.beta={beta!r} must be >= 0")
         self.beta = float(beta)
         super().__init__(buffer_size, buffer_policy, replay_batch_size, alpha)

@@ -12,7 +12,7 @@ from clrun.methods.quadratic import QuadraticPenalty
 
 class EWC(QuadraticPenalty):
     def __init__(self, lam: float = 100.0, fisher: str = "true", fisher_samples: int | None = 2000,
-                 online: bool = False, gamma: float = 0.95, chunk: int = 256):
+                 online: bool = False, gamma: float = 0.95, chunk: int = 64):
         allowed = ", ".join(FISHER_KINDS)
         require(fisher in FISHER_KINDS, f"method.fisher={fisher!r} is not allowed; use one of {allowed}")
         require(fisher_samples is None or fisher_samples >= 1,
@@ -27,6 +27,8 @@ class EWC(QuadraticPenalty):
 
     def after_task(self, task_id: int) -> None:
         L = self.learner
+        if task_id == len(L.stream) - 1:
+            return  # no later task would be anchored by it
         x, y, ids = L.task_sample(task_id, self.fisher_samples)
         g = torch.Generator().manual_seed(L.seed * 104729 + task_id)  # labels sampled for the true Fisher
         F = fisher_diag(L.model, x, y, L.scenario.candidates(ids, task_id), self.fisher, self.chunk, generator=g)

@@ -1,0 +1,125 @@
+"""Cost of each method relative to naive fine-tuning, and of the vectorised Fisher against a per-sample loop.
+
+    CLRUN_DATA=../shared/data python benchmarks/bench_methods.py [--reps 3] [--tasks 5]
+
+Training time is clrun's ``train_seconds`` (the training loop, including the end-of-task work such as the
+Fisher or exemplar selection, excluding evaluation). Writes benchmarks/results_methods.csv and
+benchmarks/results_fisher.csv and prints both tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+from clrun.app import CONF_DIR
+from clrun.importance import fisher_diag
+from clrun.learner import Learner
+from clrun.methods.naive import Naive
+from clrun.models import MLP
+from clrun.run import run
+from clrun.streams import Scenario, permuted
+
+HERE = Path(__file__).resolve().parent
+METHODS = ["naive", "ewc", "online_ewc", "si", "mas", "lwf", "er", "agem", "gem", "der", "derpp", "icarl"]
+
+
+def cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def bench_training(reps: int, tasks: int) -> pd.DataFrame:
+    with tempfile.TemporaryDirectory() as d:  # one-off costs (first optimiser, kernels) before any timing
+        run(cfg("benchmark=synthetic", "quiet=true", "plots=false", "device=cpu", "method=ewc"), d)
+    rows = []
+    for method in METHODS:
+        times, rss = [], []
+        for rep in range(reps):
+            with tempfile.TemporaryDirectory() as d:
+                scenario = "class_il" if method == "icarl" else "domain_il"
+                row = run(cfg(f"method={method}", f"benchmark.n_tasks={tasks}", f"scenario={scenario}",
+                              "quiet=true", "plots=false", "device=cpu", f"seed={rep}"), d)
+            times.append(row["train_seconds"])
+            rss.append(row["peak_rss_mb"])
+        rows.append({"method": method, "train_seconds": statistics.median(times), "ACC": row["ACC"],
+                     "buffer_bytes": row.get("buffer_bytes", float("nan"))})
+        print(f"{method:>10}: {rows[-1]['train_seconds']:.2f} s", flush=True)
+    df = pd.DataFrame(rows)
+    df["ratio_to_naive"] = df.train_seconds / float(df.loc[df.method == "naive", "train_seconds"].iloc[0])
+    return df
+
+
+def fisher_loop(model, x, y, mask):
+    """The per-sample reference: one autograd.grad per sample."""
+    params = [p for p in model.parameters()]
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(len(x)):
+        logp = F.log_softmax(model(x[i : i + 1]).masked_fill(~mask[i : i + 1], -1e30), dim=1)[0, y[i]]
+        for t, g in zip(total, torch.autograd.grad(-logp, params)):
+            t += g.pow(2)
+    return [t / len(x) for t in total]
+
+
+def bench_fisher(n_vec: int, n_loop: int) -> pd.DataFrame:
+    s = permuted(n_tasks=1, stream_seed=0, data_root=os.environ.get("CLRUN_DATA"))
+    sc = Scenario("domain_il", s)
+    torch.manual_seed(0)
+    model = MLP(s.in_shape, sc.n_outputs, hidden=[400, 400])
+    L = Learner(model, s, sc, Naive())
+    x, y, ids = L.task_sample(0, n_vec)
+    n_vec = len(y)  # the embedded 5k sample has fewer
+    mask = sc.candidates(ids, 0)
+    rows = []
+    t0 = time.perf_counter()
+    fisher_diag(model, x, y, mask, "empirical", chunk=256)
+    vec = time.perf_counter() - t0
+    rows.append({"fisher": "vectorised (vmap(grad))", "samples": n_vec, "seconds": vec, "samples_per_s": n_vec / vec})
+    t0 = time.perf_counter()
+    fisher_loop(model, x[:n_loop], y[:n_loop], mask[:n_loop])
+    loop = time.perf_counter() - t0
+    rows.append({"fisher": "per-sample loop (autograd.grad)", "samples": n_loop, "seconds": loop,
+                 "samples_per_s": n_loop / loop})
+    # one training epoch on the same number of samples, for the issue's yardstick
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    t0 = time.perf_counter()
+    for s0 in range(0, n_vec, 128):
+        opt.zero_grad()
+        F.cross_entropy(model(x[s0 : s0 + 128]), y[s0 : s0 + 128]).backward()
+        opt.step()
+    ep = time.perf_counter() - t0
+    rows.append({"fisher": "one SGD epoch on the same samples (batch 128)", "samples": n_vec, "seconds": ep,
+                 "samples_per_s": n_vec / ep})
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tasks", type=int, default=5)
+    ap.add_argument("--fisher-samples", type=int, default=10_000)
+    ap.add_argument("--loop-samples", type=int, default=1_000)
+    a = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    fisher = bench_fisher(a.fisher_samples, a.loop_samples)
+    fisher.to_csv(HERE / "results_fisher.csv", index=False, float_format="%.4g")
+    print(fisher.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"vectorised / loop speed-up: {fisher.samples_per_s[0] / fisher.samples_per_s[1]:.1f}x")
+    train = bench_training(a.reps, a.tasks)
+    train.to_csv(HERE / "results_methods.csv", index=False, float_format="%.4g")
+    print(train.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+
+if __name__ == "__main__":
+    main()
