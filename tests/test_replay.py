@@ -142,8 +142,8 @@ def test_replay_reduces_forgetting_on_synthetic_class_il(tmp_path, naive_class_i
     row = run(make_cfg(*FAST, "epochs=3", f"method={method}", "buffer=100"), tmp_path / method)
     assert row["buffer_bytes"] > 0
     assert row["forgetting"] < naive["forgetting"] - 0.1
-    if method != "agem":  # A-GEM only stops interference; in class-IL it barely lifts ACC (as published)
-        assert row["ACC"] > naive["ACC"] + 0.15
+    # A-GEM only stops interference and plain DER has no label loss: in class-IL both lift ACC least
+    assert row["ACC"] > naive["ACC"] + (0.05 if method in ("agem", "der") else 0.15)
 
 
 def test_er_combines_with_regularisers(tmp_path):
