@@ -62,6 +62,18 @@ def _record_failure(cfg: DictConfig, out_dir: str, err: BaseException) -> None:
 
 
 def main() -> None:
+    """``clrun [overrides]``; ``clrun --resume DIR`` re-runs DIR's own overrides into DIR with resume=true."""
+    if "--resume" in sys.argv:
+        i = sys.argv.index("--resume")
+        if i + 1 >= len(sys.argv):
+            sys.exit("clrun: error: --resume needs a run directory")
+        run_dir = Path(sys.argv[i + 1])
+        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        if not overrides_file.exists():
+            sys.exit(f"clrun: error: {run_dir} is not a clrun run directory (no .hydra/overrides.yaml)")
+        overrides = [o for o in OmegaConf.load(overrides_file) if not str(o).startswith(("resume=", "hydra."))]
+        rest = sys.argv[1:i] + sys.argv[i + 2 :]
+        sys.argv = [sys.argv[0], *map(str, overrides), *rest, f"hydra.run.dir={run_dir}", "resume=true"]
     _hydra_main()
 
 

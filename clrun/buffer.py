@@ -54,6 +54,17 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
+    def __getstate__(self) -> dict:  # torch.Generator does not pickle; its state does
+        state = dict(self.__dict__)
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        gen_state = state.pop("generator")
+        self.__dict__.update(state)
+        self.generator = torch.Generator()
+        self.generator.set_state(gen_state)
+
     def _allocate(self, x: Tensor, logits: Tensor | None) -> None:
         n = self.capacity
         self.x = torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=self.device)

@@ -22,6 +22,7 @@ LOG_COLUMNS = ["task", "epoch", "steps", "loss", "train_acc", "seconds", "skippe
 def atomic_write_text(path: Path | str, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -59,3 +60,37 @@ def write_metrics(out_dir: Path, row: dict) -> None:
 
 def write_log(out_dir: Path, rows: list[dict]) -> None:
     atomic_write_csv(out_dir / LOG_FILE, pd.DataFrame(rows, columns=LOG_COLUMNS))
+
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def save_checkpoint(out_dir: Path, state: dict) -> None:
+    """torch.save through a temp file and os.replace: a kill mid-write leaves the previous checkpoint."""
+    import torch
+
+    path = Path(out_dir) / CHECKPOINT_FILE
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o644)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(out_dir: Path, device: str = "cpu") -> dict | None:
+    import torch
+
+    path = Path(out_dir) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    return torch.load(path, map_location=device, weights_only=False)  # our own file: methods pickle their state
+
+
+def read_metrics(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / METRICS_FILE
+    return pd.read_csv(path).iloc[0].to_dict() if path.exists() else None

@@ -18,6 +18,10 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite (``on_nan=stop``)."""
 
 
+class Interrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived: the run stops at the next step and writes what it has."""
+
+
 class Learner:
     def __init__(
         self,
@@ -51,6 +55,7 @@ class Learner:
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        self.stop_requested: str | None = None  # set by a signal handler; checked once per step
         self.on_nan = on_nan  # stop: raise Diverged at the epoch's end; skip: drop non-finite steps (syncs)
         self.generator = torch.Generator().manual_seed(seed)  # batch order: independent of model init
         self.current_task = -1
@@ -116,6 +121,8 @@ class Learner:
             for s in range(0, n, self.batch_size):
                 if step >= total:
                     break
+                if self.stop_requested:
+                    raise Interrupted(f"{self.stop_requested} during task {task_id + 1}")
                 idx = order[s : s + self.batch_size]
                 ids = ids_all[idx]
                 x = task.inputs(x_all[idx]) if single_task else self._view(x_all[idx], ids)

@@ -7,6 +7,8 @@ import logging
 import math
 import random
 import resource
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from tqdm import tqdm
 
 from clrun import io
 from clrun.data import DatasetError
-from clrun.learner import Diverged, Learner
+from clrun.learner import Diverged, Interrupted, Learner
 from clrun.metrics import all_metrics
 from clrun.streams import ConfigError, Scenario
 
@@ -93,24 +95,34 @@ def _peak_rss_mb() -> float:
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Run the experiment described by ``cfg`` (a composed clrun config) and write its CSVs to ``out_dir``.
 
-    Returns the metrics row. Works without Hydra globals, so tests and notebooks can call it directly."""
+    Returns the metrics row. Works without Hydra globals, so tests and notebooks can call it directly.
+    With ``resume=true`` a run continues after the last task checkpointed in ``out_dir``; a run already
+    completed there is not redone."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     validate(cfg)
+    if cfg.resume:
+        done = io.read_metrics(out_dir)
+        if done is not None and done.get("status") == "completed":
+            log.info("%s already holds a completed run; nothing to do", out_dir)
+            return done
     io.atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = pick_device(str(cfg.device))
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
     seed_everything(int(cfg.seed))
 
+    method = build(cfg.method)  # method settings are checked before any data is loaded
+    regularizers = [build(c) for c in (cfg.regularizers or {}).values()]
     stream = build(cfg.benchmark, data_root=cfg.data.root, download=cfg.data.download)
     scenario = Scenario(str(cfg.scenario.name), stream)
     stream.to(device)
     T = len(stream)
     model = build(cfg.model, in_shape=stream.in_shape, n_outputs=scenario.n_outputs)
-    method = build(cfg.method)
-    regularizers = [build(c) for c in (cfg.regularizers or {}).values()]
     learner = Learner(model, stream, scenario, method, regularizers, build(cfg.optimizer), device,
                       int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed), str(cfg.on_nan))
 
@@ -122,51 +134,64 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "lam": _first_attr([method, *regularizers], "lam"), "buffer": _first_attr([method], "buffer_size"),
         "seed": int(cfg.seed), "n_tasks": T, "data_source": stream.data_source, "eval_split": stream.eval_split,
     }
-    train_s = eval_s = 0.0
+    clock = {"train": 0.0, "eval": 0.0}
+    start_task = 0
 
     def metrics_row(status: str, tasks_done: int) -> dict:
         done = all_metrics(R) if tasks_done == T else dict.fromkeys(
             ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy"], math.nan)
         return {**base_row, "status": status, "tasks_done": tasks_done, **done,
-                "wall_seconds": time.perf_counter() - t_start, "train_seconds": train_s, "eval_seconds": eval_s,
-                "peak_rss_mb": _peak_rss_mb(), "parameters": learner.n_parameters(),
+                "wall_seconds": time.perf_counter() - t_start, "train_seconds": clock["train"],
+                "eval_seconds": clock["eval"], "peak_rss_mb": _peak_rss_mb(), "parameters": learner.n_parameters(),
                 "buffer_bytes": math.nan, **{k: v for m in learner.methods for k, v in m.extra_metrics().items()}}
 
-    t0 = time.perf_counter()
-    R[0] = learner.evaluate_all(-1)
-    eval_s += time.perf_counter() - t0
-    row = metrics_row("running", 0)
-    try:
-        for t in range(T):
-            bars: list[tqdm] = []
-            progress = _progress_bar(f"task {t + 1}/{T} {stream.tasks[t].name}", bool(cfg.quiet), bars)
-            t0 = time.perf_counter()
-            try:
-                learner.train_task(t, int(cfg.epochs), cfg.iters, progress=progress, on_epoch=log_rows.append)
-            finally:
-                train_s += time.perf_counter() - t0
-                for b in bars:
-                    b.close()
-            t0 = time.perf_counter()
-            R[t + 1] = learner.evaluate_all(t)
-            eval_s += time.perf_counter() - t0
-            io.write_R(out_dir, R)
+    state = io.load_checkpoint(out_dir, str(device)) if cfg.resume else None
+    if state is not None:
+        start_task = _restore(state, learner, R, log_rows, clock)
+        log.info("resuming %s after task %d/%d", out_dir, start_task, T)
+    else:
+        t0 = time.perf_counter()
+        R[0] = learner.evaluate_all(-1)
+        clock["eval"] += time.perf_counter() - t0
+    row = metrics_row("running", start_task)
+    with _stop_on_signals(learner):
+        try:
+            for t in range(start_task, T):
+                bars: list[tqdm] = []
+                progress = _progress_bar(f"task {t + 1}/{T} {stream.tasks[t].name}", bool(cfg.quiet), bars)
+                t0 = time.perf_counter()
+                try:
+                    learner.train_task(t, int(cfg.epochs), cfg.iters, progress=progress, on_epoch=log_rows.append)
+                finally:
+                    clock["train"] += time.perf_counter() - t0
+                    for b in bars:
+                        b.close()
+                t0 = time.perf_counter()
+                R[t + 1] = learner.evaluate_all(t)
+                clock["eval"] += time.perf_counter() - t0
+                if cfg.checkpoint:  # before the CSVs: a run whose CSVs say task t is done can resume from t
+                    io.save_checkpoint(out_dir, _snapshot(learner, R, log_rows, clock, t + 1))
+                io.write_R(out_dir, R)
+                io.write_log(out_dir, log_rows)
+                row = metrics_row("completed" if t == T - 1 else "running", t + 1)
+                io.write_metrics(out_dir, row)
+                if not cfg.quiet:
+                    log.info("after task %d/%d: mean accuracy on seen tasks %.4f", t + 1, T,
+                             np.mean(R[t + 1, : t + 1]))
+        except Diverged as err:  # the rows so far stay; the run says why it stopped
+            log.error("%s", err)
+            row = {**metrics_row("diverged", row["tasks_done"]), "error": str(err)}
+        except Interrupted as err:
+            log.error("%s; resume with resume=true in the same output directory", err)
+            row = {**metrics_row("interrupted", row["tasks_done"]), "error": str(err)}
+        except Exception as err:
+            row = {**metrics_row("failed", row["tasks_done"]), "error": f"{type(err).__name__}: {err}"}
             io.write_log(out_dir, log_rows)
-            row = metrics_row("completed" if t == T - 1 else "running", t + 1)
             io.write_metrics(out_dir, row)
-            if not cfg.quiet:
-                log.info("after task %d/%d: mean accuracy on seen tasks %.4f", t + 1, T, np.mean(R[t + 1, : t + 1]))
-    except Diverged as err:  # the rows so far stay; the run says why it stopped
-        log.error("%s", err)
-        row = {**metrics_row("diverged", row["tasks_done"]), "error": str(err)}
-    except Exception as err:
-        row = {**metrics_row("failed", row["tasks_done"]), "error": f"{type(err).__name__}: {err}"}
-        io.write_log(out_dir, log_rows)
-        io.write_metrics(out_dir, row)
-        raise
+            raise
     io.write_log(out_dir, log_rows)
     io.write_metrics(out_dir, row)
-    if cfg.plots:
+    if cfg.plots and row["status"] == "completed":
         from clrun import plots  # matplotlib only when plotting
 
         plots.plot_dir(out_dir)
@@ -174,6 +199,55 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         print(io.r_frame(R).round(4).to_string())
         print("  ".join(f"{k}={row[k]:.4f}" for k in ["ACC", "forgetting", "BWT", "FWT"]))
     return row
+
+
+def _snapshot(learner: Learner, R: np.ndarray, log_rows: list[dict], clock: dict, tasks_done: int) -> dict:
+    """Everything needed to continue after ``tasks_done`` tasks exactly as an uninterrupted run would."""
+    return {
+        "tasks_done": tasks_done, "R": R.copy(), "log_rows": list(log_rows), "clock": dict(clock),
+        "model": learner.model.state_dict(), "methods": [m.state_dict() for m in learner.methods],
+        "rng": {"torch": torch.get_rng_state(), "batches": learner.generator.get_state(),
+                "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+
+
+def _restore(state: dict, learner: Learner, R: np.ndarray, log_rows: list[dict], clock: dict) -> int:
+    learner.model.load_state_dict(state["model"])
+    for m, s in zip(learner.methods, state["methods"]):
+        m.load_state_dict(s)
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"].cpu())
+    learner.generator.set_state(rng["batches"].cpu())
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    R[:] = state["R"]
+    log_rows[:] = state["log_rows"]
+    clock.update(state["clock"])
+    return int(state["tasks_done"])
+
+
+class _stop_on_signals:
+    """SIGINT/SIGTERM ask the learner to stop at the next step; the run then writes what it has."""
+
+    def __init__(self, learner: Learner):
+        self.learner = learner
+        self.previous: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.learner.stop_requested = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals can only be set there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _progress_bar(desc: str, quiet: bool, bars: list):

@@ -93,6 +93,15 @@ class Method:
         ids = torch.full((len(x),), task_id, dtype=torch.long, device=x.device)
         return self.learner.scenario.masked(self.forward(x, task_id), ids, upto)
 
+    # ---- checkpoints
+    def state_dict(self) -> dict:
+        """Everything the method has learnt (importances, snapshots, buffers, masks): its attributes but the
+        learner. Tensors are moved to the CPU by torch.save's caller-independent pickling."""
+        return {k: v for k, v in self.__dict__.items() if k != "learner"}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     # ---- reporting
     def extra_metrics(self) -> dict:
         """Extra columns for metrics.csv (buffer bytes, stored bits, ...)."""
