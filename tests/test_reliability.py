@@ -78,8 +78,8 @@ def test_resume_restores_method_state(tmp_path, method):
 
 def test_sigterm_marks_interrupted_and_leaves_a_resumable_directory(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(clrun_cmd(*SLOW_TASKS, "benchmark.n_tasks=2", f"hydra.run.dir={out}"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(clrun_cmd(*SLOW_TASKS, "benchmark.n_tasks=2", f"hydra.run.dir={out}"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for_tasks(out, 1, proc)
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
