@@ -82,7 +82,7 @@ def bench_fisher(n_vec: int, n_loop: int) -> pd.DataFrame:
     mask = sc.candidates(ids, 0)
     rows = []
     t0 = time.perf_counter()
-    fisher_diag(model, x, y, mask, "empirical", chunk=256)
+    fisher_diag(model, x, y, mask, "empirical", chunk=16)
     vec = time.perf_counter() - t0
     rows.append({"fisher": "vectorised (vmap(grad))", "samples": n_vec, "seconds": vec, "samples_per_s": n_vec / vec})
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from clrun.methods.quadratic import QuadraticPenalty
 
 class EWC(QuadraticPenalty):
     def __init__(self, lam: float = 100.0, fisher: str = "true", fisher_samples: int | None = 2000,
-                 online: bool = False, gamma: float = 0.95, chunk: int = 64):
+                 online: bool = False, gamma: float = 0.95, chunk: int = 16):
         allowed = ", ".join(FISHER_KINDS)
         require(fisher in FISHER_KINDS, f"method.fisher={fisher!r} is not allowed; use one of {allowed}")
         require(fisher_samples is None or fisher_samples >= 1,

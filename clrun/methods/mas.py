@@ -10,7 +10,7 @@ from clrun.methods.quadratic import QuadraticPenalty
 
 class MAS(QuadraticPenalty):
     def __init__(self, lam: float = 1.0, samples: int | None = 2000, online: bool = False, gamma: float = 1.0,
-                 chunk: int = 64):
+                 chunk: int = 16):
         require(samples is None or samples >= 1, f"method.samples={samples!r} must be a positive integer or null")
         super().__init__(lam, online=online, gamma=gamma)
         self.samples, self.chunk = samples, chunk
