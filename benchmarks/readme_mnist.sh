@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full-MNIST experiments whose numbers the README quotes. Run from the repository root:
-#   CLRUN_DATA=../shared/data bash benchmarks/readme_mnist.sh [foundation|regularisation|replay]
+#   CLRUN_DATA=../shared/data bash benchmarks/readme_mnist.sh [foundation|regularisation|replay|dynamic]
 # Each section writes a sweep directory under outputs/readme/ with summary.csv and summary_by_config.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from clrun.learner import Learner
+from clrun.methods.packnet import PackNet
+from clrun.methods.pnn import PNN
+from clrun.methods.supsup import SupSup
+from clrun.models import MLP
+from clrun.run import run
+from clrun.streams import ConfigError, Scenario, split
+from tests.conftest import FAST, make_cfg
+
+
+def _learner(method, n_tasks=5, seed=0):
+    s = split(dataset="synthetic", n_tasks=n_tasks, side=4, n_train=30, n_test=10)
+    torch.manual_seed(seed)
+    sc = Scenario("task_il", s)
+    return Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[32, 32]), s, sc, method, batch_size=16,
+                   optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9))
+
+
+def _outputs(L, task_id):
+    x = L.stream.tasks[task_id].inputs(L.stream.tasks[task_id].eval_x)
+    with torch.inference_mode():
+        return L.method.predict(x, task_id, task_id).clone()
+
+
+@pytest.mark.parametrize("make", [lambda: PNN(hidden=[16, 16]), lambda: PackNet(prune=0.5, post_prune_epochs=1),
+                                  lambda: SupSup(sparsity=0.5)], ids=["pnn", "packnet", "supsup"])
+def test_old_task_outputs_are_bit_identical_after_later_tasks(make):
+    # momentum 0.9 on purpose: frozen weights must not drift through the optimiser's state either
+    L = _learner(make())
+    L.train_task(0, epochs=2)
+    after_0 = _outputs(L, 0)
+    for t in (1, 2):
+        L.train_task(t, epochs=2)
+        assert torch.equal(_outputs(L, 0), after_0)
+    after_1 = _outputs(L, 1)
+    L.train_task(3, epochs=2)
+    assert torch.equal(_outputs(L, 1), after_1)
+
+
+def test_packnet_masks_are_disjoint_and_free_capacity_halves_each_task():
+    pk = PackNet(prune=0.5, post_prune_epochs=0)
+    L = _learner(pk)
+    for t in range(3):
+        L.train_task(t)
+        assert pk.free_fraction() == pytest.approx(0.5 ** (t + 1), abs=0.01)
+        for own in pk.owner.values():
+            counts = [(own == k).sum().item() for k in range(t + 1)]
+            # disjoint by construction (one owner per weight); each task kept half of what was free
+            total = own.numel()
+            for k, c in enumerate(counts):
+                assert c == pytest.approx(total * 0.5 ** (k + 1), abs=2)
+    # a later task's weights are invisible to an earlier task
+    masks0, masks2 = pk.usable(0), pk.usable(2)
+    for n in masks0:
+        assert (masks0[n] <= masks2[n]).all() and masks0[n].sum() < masks2[n].sum()
+
+
+def test_pnn_parameter_count_grows_linearly_with_tasks():
+    pnn = PNN(hidden=[16, 16])
+    L = _learner(pnn, n_tasks=5)
+    counts = []
+    for t in range(5):
+        pnn.before_task(t)
+        counts.append(L.n_parameters())
+    steps = [b - a for a, b in zip(counts, counts[1:])]
+    # every new column adds the same count (itself and its adapters): linear in T; the first has no adapters
+    assert len(set(steps)) == 1 and counts[0] < steps[0]
+    trainable = sum(p.numel() for p in L.model.parameters() if p.requires_grad)
+    assert trainable == steps[-1]  # only the newest column and its adapters train
+
+
+def test_supsup_stores_one_bit_per_weight_per_task():
+    ss = SupSup(sparsity=0.5)
+    L = _learner(ss)
+    n_weights = sum(p.numel() for p in L.model.parameters() if p.dim() > 1 and p.requires_grad is False
+                    and not any(p is s for s in L.model.supermask_scores.parameters()))
+    for t in range(2):
+        L.train_task(t)
+    assert set(ss.masks) == {0, 1}
+    for masks in ss.masks.values():
+        assert all(m.dtype == torch.bool for m in masks.values())
+        assert sum(m.numel() for m in masks.values()) == n_weights
+        assert all(m.float().mean().item() == pytest.approx(0.5, abs=0.01) for m in masks.values())
+    assert ss.extra_metrics()["mask_bits_per_task"] == n_weights
+    # finished tasks keep only their bits: the float scores are gone
+    assert all(p.numel() == 0 for p in L.model.supermask_scores[0].parameters())
+
+
+@pytest.mark.parametrize("method", ["pnn", "packnet", "supsup"])
+def test_dynamic_methods_refuse_scenarios_without_task_ids(tmp_path, method):
+    with pytest.raises(ConfigError, match="supports: task_il"):
+        run(make_cfg(*FAST, f"method={method}", "scenario=class_il"), tmp_path)
+
+
+@pytest.mark.parametrize("method", ["pnn", "packnet", "supsup"])
+def test_dynamic_methods_run_end_to_end_with_zero_forgetting(tmp_path, method):
+    row = run(make_cfg(*FAST, f"method={method}", "scenario=task_il", "epochs=3"), tmp_path)
+    assert row["status"] == "completed" and row["forgetting"] == pytest.approx(0.0, abs=1e-9)
+    assert row["ACC"] > 0.8
