@@ -31,7 +31,10 @@ from clrun.run import run
 from clrun.streams import Scenario, permuted
 
 HERE = Path(__file__).resolve().parent
-METHODS = ["naive", "ewc", "online_ewc", "si", "mas", "lwf", "er", "agem", "gem", "der", "derpp", "icarl"]
+METHODS = ["naive", "ewc", "online_ewc", "si", "mas", "lwf", "er", "agem", "gem", "der", "derpp", "icarl", "pnn",
+           "packnet", "supsup"]
+# the scenario each method is timed in: its own where it cannot serve domain-IL
+SCENARIO = {"icarl": "class_il", "pnn": "task_il", "packnet": "task_il", "supsup": "task_il"}
 
 
 def cfg(*overrides: str):
@@ -47,7 +50,7 @@ def bench_training(reps: int, tasks: int) -> pd.DataFrame:
         times, rss = [], []
         for rep in range(reps):
             with tempfile.TemporaryDirectory() as d:
-                scenario = "class_il" if method == "icarl" else "domain_il"
+                scenario = SCENARIO.get(method, "domain_il")
                 row = run(cfg(f"method={method}", f"benchmark.n_tasks={tasks}", f"scenario={scenario}",
                               "quiet=true", "plots=false", "device=cpu", f"seed={rep}"), d)
             times.append(row["train_seconds"])

@@ -38,3 +38,15 @@ if [[ $what == all || $what == replay ]]; then
     hydra.sweep.dir=$r/methods
   clrun-report $r/naive $r/methods -o $r
 fi
+
+if [[ $what == all || $what == dynamic ]]; then
+  # task-IL on permuted and split MNIST: growing / packing / masking architectures against naive and ewc
+  r=$out/dynamic
+  for b in permuted_mnist split_mnist; do
+    clrun -m quiet=true plots=false benchmark=$b scenario=task_il method=naive,ewc,pnn,packnet,supsup \
+      hydra.sweep.dir=$r/$b
+    # edge-popup's scores want a larger step than weights do (the SupSup paper trains them at lr 0.1)
+    clrun -m quiet=true plots=false benchmark=$b scenario=task_il method=supsup lr=0.1 hydra.sweep.dir=$r/${b}_supsup_lr0.1
+  done
+  clrun-report $r/permuted_mnist $r/split_mnist $r/permuted_mnist_supsup_lr0.1 $r/split_mnist_supsup_lr0.1 -o $r
+fi
