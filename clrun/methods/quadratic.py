@@ -45,6 +45,15 @@ class QuadraticPenalty(Method):
         self._A = [self.importance[n].sum(0) for n in self._names]
         self._B = [(self.importance[n] * self.anchor[n]).sum(0) for n in self._names]
 
+    def state_dict(self) -> dict:  # the sums A, B are derived: rebuilt on load, not stored
+        return {k: v for k, v in super().state_dict().items() if k not in ("_names", "_A", "_B")}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._names = list(self.importance)
+        self._A = [self.importance[n].sum(0) for n in self._names]
+        self._B = [(self.importance[n] * self.anchor[n]).sum(0) for n in self._names]
+
     def value(self) -> Tensor:
         """The penalty itself (for tests and reporting; training only needs its gradient)."""
         params = dict(self.learner.model.named_parameters())
