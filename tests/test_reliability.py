@@ -11,8 +11,8 @@ from clrun.run import run
 from tests.conftest import FAST, clrun_cmd, make_cfg
 from tests.test_data import write_idx
 
-# long enough per task (~1-2 s) to be killed in the middle of one
-SLOW_TASKS = [*FAST, "epochs=150", "benchmark.n_tasks=5"]
+# long enough per task (a few seconds) to be killed in the middle of one
+SLOW_TASKS = [*FAST, "epochs=1000", "benchmark.n_tasks=5"]
 
 
 def _wait_for_tasks(out, n, proc, timeout=120):
@@ -26,7 +26,7 @@ def _wait_for_tasks(out, n, proc, timeout=120):
             except (pd.errors.EmptyDataError, KeyError):
                 pass
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else "process ended early"
-        time.sleep(0.05)
+        time.sleep(0.01)
     raise AssertionError(f"task {n} never finished")
 
 
@@ -37,7 +37,7 @@ def test_kill_9_in_task_3_then_resume_gives_the_uninterrupted_R(tmp_path):
     proc = subprocess.Popen(clrun_cmd(*SLOW_TASKS, f"hydra.run.dir={killed}"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     _wait_for_tasks(killed, 2, proc)
-    time.sleep(0.3)  # into task 3
+    time.sleep(0.2)  # into task 3
     proc.kill()
     proc.wait()
     m = pd.read_csv(killed / "metrics.csv")
