@@ -15,7 +15,6 @@ import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-from scipy import stats
 
 from clrun import io
 
@@ -66,6 +65,8 @@ def collect(*roots: str | Path) -> pd.DataFrame:
 
 def ci95(values: pd.Series) -> float:
     """Half-width of the 95% confidence interval of the mean (Student t); NaN for fewer than 2 values."""
+    from scipy import stats  # imported here: every run instantiates the sweep callback, few need scipy
+
     v = values.dropna()
     n = len(v)
     if n < 2:

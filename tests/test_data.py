@@ -38,6 +38,14 @@ def test_torchvision_path_reads_idx_files_into_normalised_tensors(tmp_path):
     assert ds.train_y.tolist() == written["train"][1].tolist()
 
 
+def test_torchvision_reads_our_layout_and_the_fast_reader_agrees_with_it(tmp_path):
+    write_idx(tmp_path, n_train=30, n_test=10, seed=2)
+    train, test = data._torchvision("mnist", str(tmp_path), download=False)
+    (tv_x, tv_y), (tv_tx, tv_ty) = data._to_uint8_nchw(train), data._to_uint8_nchw(test)
+    (x, y), (tx, ty) = data._mnist_from_raw(str(tmp_path))
+    assert torch.equal(x, tv_x) and torch.equal(y, tv_y) and torch.equal(tx, tv_tx) and torch.equal(ty, tv_ty)
+
+
 def test_offline_fallback_uses_embedded_sample_with_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="clrun"):
         ds = data.load("mnist", str(tmp_path / "empty"), download=False, seed=1)
