@@ -98,7 +98,6 @@ class Scenario:
             units[i, off : off + k] = True
         self.task_units = units  # [T, n_outputs]: the units that task i's labels live on
         self.seen_units = units.cumsum(0).bool()  # [T, n_outputs]: units of tasks 0..i
-        self._device = torch.device("cpu")
 
     @property
     def uses_task_id(self) -> bool:
@@ -106,7 +105,6 @@ class Scenario:
 
     def to(self, device: torch.device) -> Scenario:
         self.task_units, self.seen_units = self.task_units.to(device), self.seen_units.to(device)
-        self._device = device
         return self
 
     def targets(self, local_y: Tensor, task_ids: Tensor | int) -> Tensor:
