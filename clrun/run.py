@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import resource
 import signal
@@ -112,6 +113,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         torch.set_num_threads(int(cfg.threads))
     device = pick_device(str(cfg.device))
     if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
     seed_everything(int(cfg.seed))

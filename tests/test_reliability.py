@@ -168,3 +168,11 @@ def test_bad_inputs_fail_fast_with_a_clear_one_line_message(tmp_path):
         if code == 2:  # ours: one line, before any training
             assert proc.stderr.strip().splitlines()[-1].startswith("clrun: error: "), overrides
             assert "after task" not in proc.stderr
+
+
+def test_deterministic_mode_runs_and_gives_the_same_R_on_cpu(tmp_path):
+    run(make_cfg(*FAST, "method=er", "buffer=50"), tmp_path / "plain")
+    proc = subprocess.run(clrun_cmd(*FAST, "method=er", "buffer=50", "deterministic=true",
+                                    f"hydra.run.dir={tmp_path / 'det'}"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "det" / "R.csv").read_text() == (tmp_path / "plain" / "R.csv").read_text()
