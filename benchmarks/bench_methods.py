@@ -85,9 +85,14 @@ def bench_fisher(n_vec: int, n_loop: int) -> pd.DataFrame:
     mask = sc.candidates(ids, 0)
     rows = []
     t0 = time.perf_counter()
-    fisher_diag(model, x, y, mask, "empirical", chunk=16)
+    fisher_diag(model, x, y, mask, "empirical", chunk=16, backend="vmap")
     vec = time.perf_counter() - t0
     rows.append({"fisher": "vectorised (vmap(grad))", "samples": n_vec, "seconds": vec, "samples_per_s": n_vec / vec})
+    t0 = time.perf_counter()
+    fisher_diag(model, x, y, mask, "empirical", backend="auto")
+    lin = time.perf_counter() - t0
+    rows.append({"fisher": "Linear-layer outer products (backend=auto, MLP)", "samples": n_vec, "seconds": lin,
+                 "samples_per_s": n_vec / lin})
     t0 = time.perf_counter()
     fisher_loop(model, x[:n_loop], y[:n_loop], mask[:n_loop])
     loop = time.perf_counter() - t0

@@ -50,14 +50,32 @@ def brute_force_fisher(model, x, y, mask, kind, generator=None):
 
 @pytest.mark.parametrize("kind", ["empirical", "true", "expected"])
 @pytest.mark.parametrize("chunk", [12, 5])
-def test_fisher_estimators_match_brute_force(kind, chunk):
+@pytest.mark.parametrize("backend", ["vmap", "auto"])  # auto: the Linear-layer outer-product path for an MLP
+def test_fisher_estimators_match_brute_force(kind, chunk, backend):
     model, x, y, mask = tiny_problem()
     if kind == "true":
         chunk = 12  # one sampling call, so both draw the same labels from the same generator
-    fast = fisher_diag(model, x, y, mask, kind, chunk=chunk, generator=torch.Generator().manual_seed(3))
+    fast = fisher_diag(model, x, y, mask, kind, chunk=chunk, generator=torch.Generator().manual_seed(3),
+                       backend=backend)
     slow = brute_force_fisher(model, x, y, mask, kind, generator=torch.Generator().manual_seed(3))
     for n in slow:
         torch.testing.assert_close(fast[n], slow[n], rtol=1e-5, atol=1e-5 * float(slow[n].abs().max()))
+
+
+def test_models_with_convolutions_take_the_vmap_path_and_match_brute_force():
+    from clrun.importance import _linear_layers
+    from clrun.models import CNN
+
+    torch.manual_seed(0)
+    model = CNN((1, 8, 8), 5, channels=[3], hidden=6).double()
+    assert _linear_layers(model) is None and _linear_layers(MLP((1, 2, 2), 3)) is not None
+    x = torch.randn(7, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 5, (7,))
+    mask = torch.ones(7, 5, dtype=torch.bool)
+    fast = fisher_diag(model, x, y, mask, "empirical", chunk=3)
+    slow = brute_force_fisher(model, x, y, mask, "empirical")
+    for n in slow:
+        torch.testing.assert_close(fast[n], slow[n], rtol=1e-5, atol=1e-12)
 
 
 def test_estimators_differ_from_each_other_and_from_the_batch_squared_gradient():
@@ -84,10 +102,11 @@ def brute_force_mas(model, x, mask):
 
 def test_mas_matches_brute_force_and_needs_no_labels():
     model, x, _, mask = tiny_problem()
-    fast = mas_importance(model, x, mask, chunk=5)
     slow = brute_force_mas(model, x, mask)
-    for n in slow:
-        torch.testing.assert_close(fast[n], slow[n], rtol=1e-6, atol=1e-9)
+    for backend in ("vmap", "auto"):
+        fast = mas_importance(model, x, mask, chunk=5, backend=backend)
+        for n in slow:
+            torch.testing.assert_close(fast[n], slow[n], rtol=1e-6, atol=1e-9)
     # through the method: shuffling the task's labels leaves MAS's importance unchanged
     omegas = []
     for shuffle in (False, True):
