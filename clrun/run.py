@@ -180,19 +180,14 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                 if not cfg.quiet:
                     log.info("after task %d/%d: mean accuracy on seen tasks %.4f", t + 1, T,
                              np.mean(R[t + 1, : t + 1]))
-        except Diverged as err:  # the rows so far stay; the run says why it stopped
-            log.error("%s", err)
-            row = {**metrics_row("diverged", row["tasks_done"]), "error": str(err)}
-        except Interrupted as err:
-            log.error("%s; resume with resume=true in the same output directory", err)
-            row = {**metrics_row("interrupted", row["tasks_done"]), "error": str(err)}
+        except (Diverged, Interrupted) as err:  # the rows so far stay; the run says why it stopped
+            status = "diverged" if isinstance(err, Diverged) else "interrupted"
+            hint = "; resume with resume=true in this output directory" if status == "interrupted" else ""
+            log.error("%s%s", err, hint)
+            row = _stopped(out_dir, metrics_row(status, row["tasks_done"]), str(err), log_rows)
         except Exception as err:
-            row = {**metrics_row("failed", row["tasks_done"]), "error": f"{type(err).__name__}: {err}"}
-            io.write_log(out_dir, log_rows)
-            io.write_metrics(out_dir, row)
+            _stopped(out_dir, metrics_row("failed", row["tasks_done"]), f"{type(err).__name__}: {err}", log_rows)
             raise
-    io.write_log(out_dir, log_rows)
-    io.write_metrics(out_dir, row)
     if cfg.plots and row["status"] == "completed":
         from clrun import plots  # matplotlib only when plotting
 
@@ -200,6 +195,14 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     if not cfg.quiet:
         print(io.r_frame(R).round(4).to_string())
         print("  ".join(f"{k}={row[k]:.4f}" for k in ["ACC", "forgetting", "BWT", "FWT"]))
+    return row
+
+
+def _stopped(out_dir: Path, row: dict, error: str, log_rows: list[dict]) -> dict:
+    """Write the log and the metrics row of a run that stopped before its last task (completed runs already did)."""
+    row = {**row, "error": error}
+    io.write_log(out_dir, log_rows)
+    io.write_metrics(out_dir, row)
     return row
 
 
