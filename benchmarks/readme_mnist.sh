@@ -45,8 +45,11 @@ if [[ $what == all || $what == dynamic ]]; then
   for b in permuted_mnist split_mnist; do
     clrun -m quiet=true plots=false benchmark=$b scenario=task_il method=naive,ewc,pnn,packnet,supsup \
       hydra.sweep.dir=$r/$b
-    # edge-popup's scores want a larger step than weights do (the SupSup paper trains them at lr 0.1)
-    clrun -m quiet=true plots=false benchmark=$b scenario=task_il method=supsup lr=0.1 hydra.sweep.dir=$r/${b}_supsup_lr0.1
   done
-  clrun-report $r/permuted_mnist $r/split_mnist $r/permuted_mnist_supsup_lr0.1 $r/split_mnist_supsup_lr0.1 -o $r
+  # SupSup without task ids: one-shot / binary task inference by the entropy gradient
+  clrun -m quiet=true plots=false benchmark=permuted_mnist scenario=domain_il method=supsup \
+    method.task_inference=oneshot,binary hydra.sweep.dir=$r/permuted_mnist_inferred
+  clrun -m quiet=true plots=false benchmark=split_mnist scenario=class_il method=supsup \
+    method.task_inference=oneshot,binary hydra.sweep.dir=$r/split_mnist_inferred
+  clrun-report $r/permuted_mnist $r/split_mnist $r/permuted_mnist_inferred $r/split_mnist_inferred -o $r
 fi

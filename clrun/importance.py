@@ -59,35 +59,15 @@ def _linear_grad_stat_sum(model: nn.Module, layers: dict[str, nn.Linear], x: Ten
                           stat: Callable[[Tensor], Tensor]) -> dict[str, Tensor] | None:
     """sum_n stat(g_n) for Linear layers without forming g_n: the per-sample gradient of W is the outer product
     delta_n a_n^T, and both x**2 and |x| factor over it: sum_n stat(delta_n) stat(a_n)^T = stat(D)^T stat(A)."""
-    acts: dict[str, Tensor] = {}
-    deltas: dict[str, Tensor] = {}
-    calls: dict[str, int] = {}
-
-    def on_forward(name):
-        def hook(module, inputs, output):
-            acts[name] = inputs[0].detach()
-            calls[name] = calls.get(name, 0) + 1
-            output.register_hook(lambda grad: deltas.__setitem__(name, grad.detach()))  # d(sum loss)/d output
-        return hook
-
-    handles = [m.register_forward_hook(on_forward(n)) for n, m in layers.items()]
-    try:
-        with torch.enable_grad():
-            logits = model(x)
-            losses = vmap(sample_loss)(logits, *extras)  # one loss per sample: rows of delta stay per-sample
-            params = [p for p in model.parameters() if p.requires_grad]
-            torch.autograd.grad(losses.sum(), params)
-    finally:
-        for h in handles:
-            h.remove()
-    if any(calls.get(n, 0) != 1 or acts[n].dim() != 2 for n in layers if n in calls):
+    factors = _linear_factors(model, layers, x, sample_loss, extras)
+    if factors is None:
         return None  # a layer used twice or on sequences: fall back to the general path
     out: dict[str, Tensor] = {}
     trainable = _named_trainable(model)
     for n, m in layers.items():
-        if n not in acts:
+        if n not in factors:
             continue
-        a, d = stat(acts[n]), stat(deltas[n])
+        a, d = (stat(t) for t in factors[n])
         if f"{n}.weight" in trainable:
             out[f"{n}.weight"] = d.T @ a
         if m.bias is not None and f"{n}.bias" in trainable:
@@ -195,3 +175,192 @@ def batch_squared_gradient(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor)
     out = {n: p.grad.detach().pow(2) for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad(set_to_none=True)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# per-sample gradients as a matrix G [N, P], for Fisher-vector products, spectra and interference
+
+
+class SampleGradients:
+    """The per-sample gradients g_n of ``nll`` (flattened over the trainable parameters) of N samples, as an
+    operator: G @ V, G^T @ C, row norms, and Gram blocks G1 G2^T. For all-Linear models it is held in factored
+    form (each layer's inputs a_n and output gradients d_n; g_n restricted to W is d_n a_n^T), N * (in + out)
+    numbers per layer instead of N * P; otherwise G is materialised in float32 (``vmap(grad)``)."""
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, mask: Tensor, backend: str = "auto",
+                 chunk: int = 64):
+        was_training = model.training
+        model.eval()
+        self.params = _named_trainable(model)
+        self.names = list(self.params)
+        self.sizes = [p.numel() for p in self.params.values()]
+        self.dim = sum(self.sizes)
+        self.n = len(x)
+
+        def nll(logits: Tensor, yi: Tensor, mi: Tensor) -> Tensor:
+            return -_masked_log_softmax(logits, mi).gather(0, yi.view(1)).squeeze(0)
+
+        self.factors: dict[str, tuple[Tensor, Tensor]] | None = None
+        layers = _linear_layers(model) if backend == "auto" else None
+        if layers is not None:
+            self.factors = _linear_factors(model, layers, x, nll, (y, mask))
+        if self.factors is None:
+            rows = []
+            for s in range(0, len(x), chunk):
+                g = per_sample_grads(model, x[s : s + chunk], nll, (y[s : s + chunk], mask[s : s + chunk]))
+                rows.append(torch.cat([g[n].flatten(1) for n in self.names], 1))
+            self.dense = torch.cat(rows)
+        model.train(was_training)
+
+    # -- layout
+    def split(self, flat: Tensor) -> dict[str, Tensor]:
+        """A flat [P, ...] tensor as {name: [*param.shape, ...]}."""
+        out, at = {}, 0
+        for n, size in zip(self.names, self.sizes):
+            out[n] = flat[at : at + size].reshape(*self.params[n].shape, *flat.shape[1:])
+            at += size
+        return out
+
+    def _parts(self) -> list[tuple[str, str, Tensor, Tensor]]:
+        """(param name, 'weight'|'bias', d [N, out], a [N, in]) for every trainable Linear parameter."""
+        parts = []
+        for layer, (a, d) in self.factors.items():
+            for kind in ("weight", "bias"):
+                if f"{layer}.{kind}" in self.params:
+                    parts.append((f"{layer}.{kind}", kind, d, a))
+        return parts
+
+    # -- products
+    def matmul(self, V: Tensor) -> Tensor:
+        """G @ V for V [P, m]: [N, m], each sample's gradient dotted with each column."""
+        if self.factors is None:
+            return self.dense @ V
+        out = V.new_zeros(self.n, V.shape[1])
+        blocks = self.split(V)
+        for name, kind, d, a in self._parts():
+            Vb = blocks[name]  # weight: [out, in, m]; bias: [out, m]
+            if kind == "weight":  # (d_n V_j) . a_n for each column j, never an [N, out, in] intermediate
+                out += (torch.matmul(d, Vb.permute(2, 0, 1)) * a).sum(-1).T
+            else:
+                out += d @ Vb
+        return out
+
+    def rmatmul(self, C: Tensor) -> Tensor:
+        """G^T @ C for C [N, m]: [P, m], sum_n C[n] g_n."""
+        if self.factors is None:
+            return self.dense.T @ C
+        blocks = {}
+        for name, kind, d, a in self._parts():
+            blocks[name] = (torch.einsum("no,nm,ni->oim", d, C, a) if kind == "weight" else d.T @ C)
+        return torch.cat([blocks[n].reshape(-1, C.shape[1]) for n in self.names])
+
+    def sq_norms(self) -> Tensor:
+        """||g_n||^2 for each sample: [N]."""
+        if self.factors is None:
+            return self.dense.pow(2).sum(1)
+        out = 0
+        for _, kind, d, a in self._parts():
+            out = out + d.pow(2).sum(1) * (a.pow(2).sum(1) if kind == "weight" else 1)
+        return out
+
+    def gram(self, other: SampleGradients | None = None) -> Tensor:
+        """G G_other^T: [N, N_other] of per-sample gradient dot products (a Linear weight's is (d.d')(a.a'))."""
+        other = self if other is None else other
+        if self.factors is None or other.factors is None:
+            return self._flat() @ other._flat().T
+        out = 0
+        for (_, kind, d, a), (_, _, d2, a2) in zip(self._parts(), other._parts()):
+            out = out + (d @ d2.T) * ((a @ a2.T) if kind == "weight" else 1)
+        return out
+
+    def _flat(self) -> Tensor:
+        if self.factors is None:
+            return self.dense
+        return self.rmatmul(torch.eye(self.n, device=next(iter(self.params.values())).device)).T
+
+    def mean(self) -> Tensor:
+        """The gradient of the mean loss: [P]."""
+        return self.rmatmul(torch.full((self.n, 1), 1.0 / self.n, device=self._device())).squeeze(1)
+
+    def _device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    # -- the Fisher F = G^T G / N, never formed
+    def fisher_matmul(self, V: Tensor) -> Tensor:
+        """F @ V = E_n[ g_n (g_n . V) ]."""
+        return self.rmatmul(self.matmul(V)) / self.n
+
+    def fisher_trace(self) -> float:
+        return float(self.sq_norms().sum()) / self.n
+
+    def fisher_diag_flat(self) -> Tensor:
+        if self.factors is None:
+            return self.dense.pow(2).mean(0)
+        blocks = {}
+        for name, kind, d, a in self._parts():
+            blocks[name] = d.pow(2).T @ a.pow(2) if kind == "weight" else d.pow(2).sum(0)
+        return torch.cat([blocks[n].reshape(-1) for n in self.names]) / self.n
+
+
+def _linear_factors(model: nn.Module, layers: dict[str, nn.Linear], x: Tensor,
+                    sample_loss: Callable[..., Tensor], extras: tuple[Tensor, ...]
+                    ) -> dict[str, tuple[Tensor, Tensor]] | None:
+    """{layer: (inputs a [N, in], per-sample output gradients d [N, out])} from one backward pass, or None when
+    a layer is used twice or on sequences (the factorisation would not hold)."""
+    acts: dict[str, Tensor] = {}
+    deltas: dict[str, Tensor] = {}
+    calls: dict[str, int] = {}
+
+    def on_forward(name):
+        def hook(module, inputs, output):
+            acts[name] = inputs[0].detach()
+            calls[name] = calls.get(name, 0) + 1
+            output.register_hook(lambda grad: deltas.__setitem__(name, grad.detach()))  # d(sum loss)/d output
+        return hook
+
+    handles = [m.register_forward_hook(on_forward(n)) for n, m in layers.items()]
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            losses = vmap(sample_loss)(logits, *extras)  # one loss per sample: rows of delta stay per-sample
+            params = [p for p in model.parameters() if p.requires_grad]
+            torch.autograd.grad(losses.sum(), params)
+    finally:
+        for h in handles:
+            h.remove()
+    if any(calls.get(n, 0) != 1 or acts[n].dim() != 2 for n in layers if n in calls):
+        return None
+    return {n: (acts[n], deltas[n]) for n in layers if n in acts}
+
+
+def lanczos_top(matmul: Callable[[Tensor], Tensor], dim: int, k: int, steps: int | None = None,
+                generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                tol: float = 1e-10) -> tuple[Tensor, Tensor]:
+    """Top-``k`` eigenpairs of a symmetric PSD operator given only ``matmul(V [dim, 1])``: Lanczos with full
+    reorthogonalisation (the Krylov basis is kept, so Ritz vectors come for free). Returns (eigenvalues [k]
+    descending, eigenvectors [dim, k]); ``steps`` defaults to min(dim, max(3k, k + 50))."""
+    k = min(k, dim)
+    steps = min(dim, steps or max(3 * k, k + 50))
+    q = torch.randn(dim, generator=generator).to(device, torch.float64)
+    q /= q.norm()
+    Q = torch.zeros(dim, steps, dtype=torch.float64, device=device)
+    alphas, betas = [], []
+    for j in range(steps):
+        Q[:, j] = q
+        w = matmul(q.float().unsqueeze(1)).squeeze(1).double()
+        alphas.append(float(q @ w))
+        for _ in range(2):  # twice is enough (Parlett's "twice is enough")
+            w -= Q[:, : j + 1] @ (Q[:, : j + 1].T @ w)
+        beta = float(w.norm())
+        if beta <= tol * max(1.0, abs(alphas[0])) or j == steps - 1:
+            break
+        betas.append(beta)
+        q = w / beta
+    m = len(alphas)
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if m > 1:
+        off = torch.tensor(betas[: m - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    evals, evecs = torch.linalg.eigh(T.to(device))
+    order = evals.argsort(descending=True)[:k]
+    return evals[order].float(), (Q[:, :m] @ evecs[:, order]).float()

@@ -17,6 +17,12 @@ METRICS_COLUMNS = [
     "wall_seconds", "train_seconds", "eval_seconds", "peak_rss_mb", "parameters", "buffer_bytes", "error",
 ]
 LOG_COLUMNS = ["task", "epoch", "steps", "loss", "train_acc", "seconds", "skipped_steps"]
+INTERFERENCE_FILE, SPECTRUM_FILE, SPECTRUM_LAYERS_FILE = "interference.csv", "spectrum.csv", "spectrum_layers.csv"
+INTERFERENCE_COLUMNS = ["task", "step", "old_task", "lr", "old_loss", "new_loss", "cosine", "grad_dot",
+                        "neg_pair_fraction", "predicted_dloss", "linearised_dloss", "observed_dloss"]
+SPECTRUM_COLUMNS = ["after_task", "index", "eigenvalue", "trace", "topk_share", "top5pct_share",
+                    "top5pct_directions", "n_samples", "n_params"]
+SPECTRUM_LAYER_COLUMNS = ["after_task", "layer", "params", "mass", "mass_share"]
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -60,6 +66,16 @@ def write_metrics(out_dir: Path, row: dict) -> None:
 
 def write_log(out_dir: Path, rows: list[dict]) -> None:
     atomic_write_csv(out_dir / LOG_FILE, pd.DataFrame(rows, columns=LOG_COLUMNS))
+
+
+def write_rows(out_dir: Path, name: str, rows: list[dict], columns: list[str]) -> None:
+    """A diagnostics table (interference, spectrum) with its fixed columns."""
+    atomic_write_csv(out_dir / name, pd.DataFrame(rows, columns=columns))
+
+
+def read_rows(out_dir: Path, name: str) -> list[dict]:
+    path = Path(out_dir) / name
+    return pd.read_csv(path).to_dict("records") if path.exists() else []
 
 
 CHECKPOINT_FILE = "checkpoint.pt"

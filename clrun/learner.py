@@ -59,6 +59,7 @@ class Learner:
         self.on_nan = on_nan  # stop: raise Diverged at the epoch's end; skip: drop non-finite steps (syncs)
         self.generator = torch.Generator().manual_seed(seed)  # batch order: independent of model init
         self.current_task = -1
+        self.observers: list = []  # diagnostics: before_task / after_step / after_task, no say in the loss
         for m in self.methods:
             m.bind(self)
         for m in self.methods:
@@ -103,6 +104,8 @@ class Learner:
         for m in self.methods:
             m.before_task(task_id)
         self.make_optimizer()
+        for o in self.observers:
+            o.before_task(task_id)
         x_all, y_all, ids_all = self.method.training_set(task_id)
         task = self.stream.tasks[task_id]
         n = len(y_all)
@@ -140,6 +143,8 @@ class Learner:
                     continue
                 for m in self.methods:
                     m.after_step()
+                for o in self.observers:
+                    o.after_step()
                 # accumulate on-device: no host sync per step
                 loss_sum += loss * len(idx)
                 pred = self.scenario.masked(logits, ids, task_id).argmax(1)
@@ -159,6 +164,8 @@ class Learner:
             if on_epoch:
                 on_epoch(row)
             epoch += 1
+        for o in self.observers:  # the model as trained, before a method's after_task may change it
+            o.after_task(task_id)
         for m in self.methods:
             m.after_task(task_id)
         return rows

@@ -92,6 +92,66 @@ def plot_task_curves(run_dir: str | Path) -> Path:
     return _save(fig, run_dir / "task_accuracy.png")
 
 
+def plot_interference(run_dir: str | Path) -> Path:
+    """From interference.csv: the old/new gradient cosine over each new task's steps, one line per old task;
+    and the first-order predicted old-task loss changes against the observed ones."""
+    run_dir = Path(run_dir)
+    df = pd.read_csv(run_dir / io.INTERFERENCE_FILE)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    steps_per_task = df.groupby("task")["step"].max().cumsum().shift(fill_value=0)  # tasks side by side
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, g in df.groupby("old_task"):
+        for t, gt in g.groupby("task"):
+            ax1.plot(gt["step"] + steps_per_task[t], gt["cosine"], color=colors[(k - 1) % len(colors)], lw=1.2,
+                     label=f"old task {k}" if t == g["task"].min() else None)
+    for t, off in steps_per_task.items():
+        ax1.axvline(off, color="gray", lw=0.5, alpha=0.5)
+        ax1.text(off, 1.0, f" task {t}", transform=ax1.get_xaxis_transform(), fontsize=7, va="top")
+    ax1.axhline(0, color="black", lw=0.6)
+    ax1.set_xlabel("training step (tasks 2.. in sequence)")
+    ax1.set_ylabel("cos(g_old, g_new)")
+    ax1.set_title("Gradient interference with each old task", fontsize=10)
+    ax1.legend(fontsize=8)
+    lim = np.nanmax(np.abs(df[["predicted_dloss", "linearised_dloss", "observed_dloss"]].to_numpy())) * 1.05
+    ax2.plot([-lim, lim], [-lim, lim], color="gray", lw=0.8, ls="--", label="y = x")
+    ax2.scatter(df["observed_dloss"], df["predicted_dloss"], s=12, label="-lr sum g_old . g_new")
+    ax2.scatter(df["observed_dloss"], df["linearised_dloss"], s=12, marker="x", label="g_old . (actual update)")
+    ax2.set_xlabel("observed old-task loss change since the task began")
+    ax2.set_ylabel("first-order prediction")
+    ax2.set_title("Predicted vs observed forgetting (loss)", fontsize=10)
+    ax2.legend(fontsize=8)
+    fig.suptitle(_run_title(run_dir), fontsize=9)
+    return _save(fig, run_dir / "interference.png")
+
+
+def plot_spectrum(run_dir: str | Path) -> Path:
+    """From spectrum.csv / spectrum_layers.csv: the top-k Fisher eigenvalues after each task (log scale), and
+    each layer's share of the top-k eigenvector mass."""
+    run_dir = Path(run_dir)
+    df = pd.read_csv(run_dir / io.SPECTRUM_FILE)
+    layers = pd.read_csv(run_dir / io.SPECTRUM_LAYERS_FILE)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for t, g in df.groupby("after_task"):
+        share = g["topk_share"].iloc[0]
+        ax1.semilogy(g["index"], g["eigenvalue"], marker="o", ms=3,
+                     label=f"after task {t} (top-k: {share:.0%} of tr F)")
+    ax1.set_xlabel("eigenvalue index")
+    ax1.set_ylabel("Fisher eigenvalue")
+    ax1.set_title("Top-k Fisher spectrum of each task", fontsize=10)
+    ax1.legend(fontsize=8)
+    pivot = layers.pivot(index="after_task", columns="layer", values="mass_share").fillna(0)
+    bottom = np.zeros(len(pivot))
+    for layer in pivot.columns:
+        ax2.bar(pivot.index.astype(str), pivot[layer], bottom=bottom, label=layer)
+        bottom += pivot[layer].to_numpy()
+    ax2.set_xlabel("after task")
+    ax2.set_ylabel("share of top-k eigenvector mass")
+    ax2.set_title("Where the sharp directions live", fontsize=10)
+    ax2.legend(fontsize=8)
+    fig.suptitle(_run_title(run_dir), fontsize=9)
+    return _save(fig, run_dir / "spectrum.png")
+
+
 def _label(row: pd.Series) -> str:
     parts = [str(row["method"])]
     if isinstance(row.get("regularizers"), str) and row["regularizers"]:
@@ -150,6 +210,10 @@ def plot_dir(path: str | Path) -> list[Path]:
     made: list[Path] = []
     if (path / io.R_FILE).exists():
         made += [plot_R(path), plot_task_curves(path)]
+    if (path / io.INTERFERENCE_FILE).exists() and len(pd.read_csv(path / io.INTERFERENCE_FILE)):
+        made.append(plot_interference(path))
+    if (path / io.SPECTRUM_FILE).exists() and len(pd.read_csv(path / io.SPECTRUM_FILE)):
+        made.append(plot_spectrum(path))
     if not (path / BY_CONFIG_FILE).exists() and any(path.glob(f"*/{io.METRICS_FILE}")):
         write_summaries(path)
     if (path / BY_CONFIG_FILE).exists():

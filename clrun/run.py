@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from clrun import io
 from clrun.data import DatasetError
+from clrun.diagnostics import Diagnostics
 from clrun.learner import Diverged, Interrupted, Learner
 from clrun.metrics import all_metrics
 from clrun.streams import ConfigError, Scenario
@@ -120,6 +121,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     method = build(cfg.method)  # method settings are checked before any data is loaded
     regularizers = [build(c) for c in (cfg.regularizers or {}).values()]
+    diagnostics = Diagnostics(out_dir, **OmegaConf.to_container(cfg.get("diagnostics") or {}))
     stream = build(cfg.benchmark, data_root=cfg.data.root, download=cfg.data.download)
     scenario = Scenario(str(cfg.scenario.name), stream)
     stream.to(device)
@@ -127,6 +129,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     model = build(cfg.model, in_shape=stream.in_shape, n_outputs=scenario.n_outputs)
     learner = Learner(model, stream, scenario, method, regularizers, build(cfg.optimizer), device,
                       int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed), str(cfg.on_nan))
+
+    if diagnostics.enabled:
+        diagnostics.bind(learner)
+        learner.observers.append(diagnostics)
 
     R = np.full((T + 1, T), np.nan)
     log_rows: list[dict] = []
@@ -150,6 +156,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     state = io.load_checkpoint(out_dir, str(device)) if cfg.resume else None
     if state is not None:
         start_task = _restore(state, learner, R, log_rows, clock)
+        if diagnostics.enabled:
+            diagnostics.resume(start_task)
         log.info("resuming %s after task %d/%d", out_dir, start_task, T)
     else:
         t0 = time.perf_counter()

@@ -100,3 +100,41 @@ def test_dynamic_methods_run_end_to_end_with_zero_forgetting(tmp_path, method):
     row = run(make_cfg(*FAST, f"method={method}", "scenario=task_il", "epochs=3"), tmp_path)
     assert row["status"] == "completed" and row["forgetting"] == pytest.approx(0.0, abs=1e-9)
     assert row["ACC"] > 0.8
+
+
+PERMUTED_SYNTHETIC = [*FAST, "benchmark._target_=clrun.streams.permuted", "~benchmark.fixed_class_order",
+                      "benchmark.n_tasks=4", "scenario=domain_il", "model.hidden=[128]", "epochs=3"]
+
+
+@pytest.mark.parametrize("mode", ["oneshot", "binary"])
+def test_supsup_infers_the_task_without_task_ids(tmp_path, mode):
+    # domain-IL permuted stream, no task id at test time: chance is 1/4 for the task and ~0.1 for the label
+    row = run(make_cfg(*PERMUTED_SYNTHETIC, "method=supsup", f"method.task_inference={mode}"), tmp_path / mode)
+    assert row["task_inference_acc"] >= 0.7
+    assert row["ACC"] >= 0.6  # a wrongly inferred mask answers at about chance
+
+
+def test_supsup_superposition_with_one_hot_alpha_is_that_tasks_network():
+    ss = SupSup(sparsity=0.5, task_inference="oneshot")
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=30, n_test=10)
+    sc = Scenario("class_il", s)
+    L = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[32]), s, sc, ss, batch_size=16,
+                optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=0.1))
+    for t in range(3):
+        L.train_task(t)
+    stacked = ss.stacked_masks([0, 1, 2])
+    x = s.tasks[1].eval_x
+    one_hot = torch.tensor([0.0, 1.0, 0.0])
+    assert torch.allclose(ss.superposed_logits(x, one_hot, stacked), ss.forward(x, 1), atol=1e-6)
+    # one inference per batch (20 samples < inference_batch): every prediction lies in the classes of one
+    # learnt task
+    task_of_unit = sc.task_units.float().argmax(0)
+    predicted_tasks = task_of_unit[ss.predict(x, 1, 2).argmax(1)].unique()
+    assert len(predicted_tasks) == 1 and int(predicted_tasks) in (0, 1, 2)
+
+
+def test_supsup_task_inference_modes_pick_their_scenarios(tmp_path):
+    with pytest.raises(ConfigError, match="supports: domain_il, class_il"):
+        run(make_cfg(*FAST, "method=supsup", "method.task_inference=oneshot", "scenario=task_il"), tmp_path)
+    with pytest.raises(ConfigError, match="task_inference='guess'"):
+        run(make_cfg(*FAST, "method=supsup", "method.task_inference=guess"), tmp_path)

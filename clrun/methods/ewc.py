@@ -1,29 +1,52 @@
 """EWC (Kirkpatrick et al. 2017) and online EWC (Schwarz et al. 2018): (lam/2) sum F_i (theta_i - theta*_i)^2
-with F the diagonal Fisher at each task's optimum (``fisher=empirical|true|expected``)."""
+with F the diagonal Fisher at each task's optimum (``fisher=empirical|true|expected``).
+
+``fisher_form=lowrank``: (lam/2) [ sum_{i<=rank} l_i (v_i . d)^2 + sum_j r_j d_j^2 ], d = theta - theta*, with
+(l_i, v_i) the top-``rank`` eigenpairs of the task's Fisher (Lanczos on Fisher-vector products, see
+clrun.importance) and r = diag(F) - sum_i l_i v_i^2 the diagonal of the remainder, so no direction goes
+unpenalised. Memory: rank * P per task plus the diagonal."""
 
 from __future__ import annotations
 
-import torch
+import logging
 
-from clrun.importance import FISHER_KINDS, fisher_diag
+import torch
+from torch import Tensor
+
+from clrun.importance import FISHER_KINDS, SampleGradients, fisher_diag, lanczos_top
 from clrun.methods.base import require
 from clrun.methods.quadratic import QuadraticPenalty
+
+log = logging.getLogger("clrun")
 
 
 class EWC(QuadraticPenalty):
     def __init__(self, lam: float = 100.0, fisher: str = "true", fisher_samples: int | None = 2000,
-                 online: bool = False, gamma: float = 0.95, chunk: int = 16, backend: str = "auto"):
+                 online: bool = False, gamma: float = 0.95, chunk: int = 16, backend: str = "auto",
+                 fisher_form: str = "diagonal", rank: int = 20):
         allowed = ", ".join(FISHER_KINDS)
         require(fisher in FISHER_KINDS, f"method.fisher={fisher!r} is not allowed; use one of {allowed}")
         require(fisher_samples is None or fisher_samples >= 1,
                 f"method.fisher_samples={fisher_samples!r} must be a positive integer or null (all)")
         require(0.0 < gamma <= 1.0, f"method.gamma={gamma!r} must be in (0, 1]")
+        require(fisher_form in ("diagonal", "lowrank"),
+                f"method.fisher_form={fisher_form!r} is not allowed; use diagonal or lowrank")
+        if fisher_form == "lowrank":
+            require(isinstance(rank, int) and rank >= 1, f"method.rank={rank!r} must be an integer >= 1")
+            require(not online, "method.fisher_form=lowrank keeps one eigenbasis per task; online=true is not "
+                                "supported with it")
+            require(fisher != "expected", "method.fisher_form=lowrank needs per-sample gradients of one label: "
+                                          "use fisher=true or empirical")
         super().__init__(lam, online=online, gamma=gamma)
         self.fisher, self.fisher_samples, self.chunk, self.backend = fisher, fisher_samples, chunk, backend
+        self.fisher_form, self.rank = fisher_form, int(rank)
+        self.eigen: list[tuple[Tensor, Tensor, Tensor]] = []  # lowrank: (eigenvalues, vectors [P, r], theta*)
 
     @property
     def name(self) -> str:
-        return "online_ewc" if self.online else "ewc"
+        if self.online:
+            return "online_ewc"
+        return "ewc_lowrank" if self.fisher_form == "lowrank" else "ewc"
 
     def after_task(self, task_id: int) -> None:
         L = self.learner
@@ -31,6 +54,57 @@ class EWC(QuadraticPenalty):
             return  # no later task would be anchored by it
         x, y, ids = L.task_sample(task_id, self.fisher_samples)
         g = torch.Generator().manual_seed(L.seed * 104729 + task_id)  # labels sampled for the true Fisher
-        F = fisher_diag(L.model, x, y, L.scenario.candidates(ids, task_id), self.fisher, self.chunk, generator=g,
-                        backend=self.backend)
-        self.consolidate(F)
+        mask = L.scenario.candidates(ids, task_id)
+        if self.fisher_form == "diagonal":
+            self.consolidate(fisher_diag(L.model, x, y, mask, self.fisher, self.chunk, generator=g,
+                                         backend=self.backend))
+            return
+        if self.fisher == "true":
+            with torch.no_grad():
+                probs = L.scenario.masked(L.model(x), ids, task_id).softmax(1)
+            y = torch.multinomial(probs.cpu(), 1, generator=g).squeeze(1).to(y.device)
+        grads = SampleGradients(L.model, x, y, mask, self.backend, chunk=self.chunk)
+        evals, vecs = lanczos_top(grads.fisher_matmul, grads.dim, self.rank, generator=g, device=grads._device())
+        evals = evals.clamp_min(0)
+        residual = (grads.fisher_diag_flat() - vecs.pow(2) @ evals).clamp_min(0)
+        self.consolidate(grads.split(residual))  # the remainder's diagonal: the fused quadratic path
+        self.eigen.append((evals, vecs, self._theta().clone()))
+        stiffness = self.lam * float(evals[0]) * float(L.optimizer.param_groups[0]["lr"])
+        if stiffness > 2:  # an explicit gradient step overshoots along v_1 when lr * lam * l_1 > 2
+            log.warning("ewc lowrank: lr * lam * top eigenvalue = %.3g > 2 after task %d: the penalty's step is "
+                        "unstable along the top eigenvector; lower lam or lr", stiffness, task_id + 1)
+
+    def _theta(self) -> Tensor:
+        return torch.cat([p.detach().flatten() for p in self._trainable()])
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.learner.model.parameters() if p.requires_grad]
+
+    def value(self) -> Tensor:
+        total = super().value()
+        if self.eigen:
+            theta = self._theta()
+            for evals, vecs, anchor in self.eigen:
+                total = total + 0.5 * self.lam * (evals * (vecs.T @ (theta - anchor)).pow(2)).sum()
+        return total
+
+    def after_backward(self) -> None:
+        super().after_backward()
+        if not self.eigen or self.lam == 0:
+            return
+        theta = self._theta()
+        grad = torch.zeros_like(theta)
+        for evals, vecs, anchor in self.eigen:  # d/dtheta (lam/2) sum_i l_i (v_i . d)^2 = lam V (l * V^T d)
+            grad += vecs @ (evals * (vecs.T @ (theta - anchor)))
+        at = 0
+        for p in self._trainable():
+            n = p.numel()
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad.add_(grad[at : at + n].view_as(p), alpha=self.lam)
+            at += n
+
+    def extra_metrics(self) -> dict:
+        row = super().extra_metrics()
+        row["importance_bytes"] += sum(t.nbytes for e in self.eigen for t in e)
+        return row

@@ -1,7 +1,11 @@
 """Supermasks in Superposition (Wortsman et al. 2020): the weights stay random and frozen; each task learns a
 binary mask over them (edge-popup: real-valued scores, the top ``1 - sparsity`` fraction per layer kept, the
 gradient passed straight through to the scores). After a task only its mask is kept: one bit per weight.
-Task-IL: the given task id selects the mask."""
+
+Task-IL (``task_inference=given``): the given task id selects the mask. Without task ids
+(``task_inference=oneshot``, domain-IL or class-IL): the paper's one-shot inference. For each evaluation batch
+of ``inference_batch`` samples of one task, superpose the learnt masks with weights alpha_i = 1/k, take the
+gradient of the mean output entropy H with respect to alpha, and answer with mask argmin_i dH/dalpha_i."""
 
 from __future__ import annotations
 
@@ -21,13 +25,28 @@ def top_mask(scores: Tensor, keep: float) -> Tensor:
     return mask.view_as(scores)
 
 
-class SupSup(Method):
-    scenarios = ("task_il",)
+def entropy(logits: Tensor) -> Tensor:
+    """Mean Shannon entropy (nats) of the softmax of each row."""
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
 
-    def __init__(self, sparsity: float = 0.5):
+
+class SupSup(Method):
+    def __init__(self, sparsity: float = 0.5, score_lr_scale: float = 10.0, task_inference: str = "given",
+                 inference_batch: int = 128):
         require(0.0 < sparsity < 1.0, f"method.sparsity={sparsity!r} must be in (0, 1): the fraction of weights masked")
+        require(score_lr_scale > 0, f"method.score_lr_scale={score_lr_scale!r} must be > 0")
+        require(task_inference in ("given", "oneshot", "binary"),
+                f"method.task_inference={task_inference!r} must be given (task-IL), oneshot or binary (no task ids)")
+        require(inference_batch >= 1, f"method.inference_batch={inference_batch!r} must be >= 1")
         self.sparsity = float(sparsity)
+        self.score_lr_scale = float(score_lr_scale)
+        self.task_inference = task_inference
+        self.inference_batch = int(inference_batch)
+        # with the task id given SupSup is task-IL only; one-shot inference serves the settings without it
+        self.scenarios = ("task_il",) if task_inference == "given" else ("domain_il", "class_il")
         self.masks: dict[int, dict[str, Tensor]] = {}  # finished tasks: bool masks, the only per-task storage
+        self.inference_hits = 0  # evaluated batches whose task was inferred right (true task already learnt)
+        self.inference_total = 0
 
     def setup(self) -> None:
         model = self.learner.model
@@ -55,6 +74,14 @@ class SupSup(Method):
         for p in self.learner.model.supermask_scores[task_id]:
             p.requires_grad_(True)
 
+    def after_backward(self) -> None:
+        # the straight-through gradient reaching a score is scaled by a small weight: edge-popup trains scores
+        # with a 10x larger step than weights usually get (lr 0.1), so the scores' step is lr * score_lr_scale
+        if self.score_lr_scale != 1.0:
+            for p in self.learner.model.supermask_scores[self.learner.current_task]:
+                if p.grad is not None:
+                    p.grad.mul_(self.score_lr_scale)
+
     def task_masks(self, task_id: int) -> dict[str, Tensor]:
         if task_id in self.masks:
             return {n: m.float() for n, m in self.masks[task_id].items()}
@@ -76,5 +103,62 @@ class SupSup(Method):
             p.requires_grad_(False)
             p.data = torch.empty(0, device=p.device)
 
+    # ---- one-shot task inference
+    def superposed_logits(self, x: Tensor, alphas: Tensor, stacked: dict[str, Tensor]) -> Tensor:
+        """Logits of the network whose mask is sum_i alphas[i] * M_i (``stacked[name]``: [k, *weight.shape])."""
+        params = dict(self.learner.model.named_parameters())
+        weights = {n: params[n] * torch.tensordot(alphas, m, dims=1) for n, m in stacked.items()}
+        return functional_call(self.learner.model, weights, (x,))
+
+    def infer_task(self, x: Tensor, tasks: list[int], stacked: dict[str, Tensor] | None = None,
+                   upto: int | None = None) -> int:
+        """The learnt task whose mask best explains ``x`` by the entropy gradient at alpha = 1/k (``oneshot``:
+        argmin_i dH/dalpha_i; ``binary``: keep the half with the smaller gradients, re-spread alpha, repeat)."""
+        if stacked is None:
+            stacked = self.stacked_masks(tasks)
+        upto = max(tasks) if upto is None else upto
+        alive = torch.ones(len(tasks), dtype=torch.bool, device=x.device)
+        ids = torch.zeros(len(x), dtype=torch.long, device=x.device)  # class-IL: all seen units compete
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x.clone()
+            while True:
+                alphas = (alive.float() / alive.sum()).requires_grad_(True)
+                logits = self.learner.scenario.masked(self.superposed_logits(x, alphas, stacked), ids, upto)
+                (grad,) = torch.autograd.grad(entropy(logits), alphas)
+                grad = grad.masked_fill(~alive, float("inf"))
+                if self.task_inference == "oneshot" or int(alive.sum()) <= 2:
+                    return tasks[int(grad.argmin())]
+                keep = (int(alive.sum()) + 1) // 2
+                alive = torch.zeros_like(alive).index_fill_(0, grad.topk(keep, largest=False).indices, True)
+
+    def stacked_masks(self, tasks: list[int]) -> dict[str, Tensor]:
+        # normal tensors even when called from evaluation: the entropy gradient needs them in its graph
+        with torch.inference_mode(False), torch.no_grad():
+            per_task = [self.task_masks(t) for t in tasks]
+            return {n: torch.stack([m[n].detach() for m in per_task]) for n in self.names}
+
+    def predict(self, x: Tensor, task_id: int, upto: int) -> Tensor:
+        if self.task_inference == "given":
+            return super().predict(x, task_id, upto)
+        # the learnt masks are the candidates; before any task is learnt, every seen task's initial mask
+        tasks = sorted(self.masks) or list(range(upto + 1))
+        stacked = self.stacked_masks(tasks)
+        scenario = self.learner.scenario
+        out = []
+        for s in range(0, len(x), self.inference_batch):
+            chunk = x[s : s + self.inference_batch]
+            inferred = self.infer_task(chunk, tasks, stacked, upto)
+            if task_id in self.masks:
+                self.inference_hits += int(inferred == task_id)
+                self.inference_total += 1
+            logits = self.forward(chunk, inferred)
+            # class-IL: the inferred task's mask answers among that task's classes; domain-IL: all units
+            units = scenario.task_units[inferred] if scenario.name == "class_il" else None
+            out.append(logits if units is None else logits.masked_fill(~units, torch.finfo(logits.dtype).min / 2))
+        return torch.cat(out)
+
     def extra_metrics(self) -> dict:
-        return {"mask_bits_per_task": sum(self.learner.model.get_parameter(n).numel() for n in self.names)}
+        row = {"mask_bits_per_task": sum(self.learner.model.get_parameter(n).numel() for n in self.names)}
+        if self.task_inference != "given":
+            row["task_inference_acc"] = self.inference_hits / max(1, self.inference_total)
+        return row
