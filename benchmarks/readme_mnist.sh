@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full-MNIST experiments whose numbers the README quotes. Run from the repository root:
-#   CLRUN_DATA=../shared/data bash benchmarks/readme_mnist.sh [foundation|regularisation|replay|dynamic]
+#   CLRUN_DATA=../shared/data bash benchmarks/readme_mnist.sh [foundation|regularisation|replay|dynamic|diagnostics]
 # Each section writes a sweep directory under outputs/readme/ with summary.csv and summary_by_config.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,4 +52,13 @@ if [[ $what == all || $what == dynamic ]]; then
   clrun -m quiet=true plots=false benchmark=split_mnist scenario=class_il method=supsup \
     method.task_inference=oneshot,binary hydra.sweep.dir=$r/split_mnist_inferred
   clrun-report $r/permuted_mnist $r/split_mnist $r/permuted_mnist_inferred $r/split_mnist_inferred -o $r
+fi
+
+if [[ $what == all || $what == diagnostics ]]; then
+  # why it forgets: one naive permuted-MNIST run with both diagnostics, then low-rank vs diagonal EWC
+  r=$out/diagnostics
+  clrun quiet=true benchmark=permuted_mnist method=naive diagnostics.interference=true diagnostics.spectrum=true \
+    hydra.run.dir=$r/naive_permuted
+  clrun -m quiet=true plots=false benchmark=permuted_mnist method=ewc method.fisher_form=diagonal,lowrank \
+    lam=1,10,100,1000 hydra.sweep.dir=$r/lowrank_vs_diagonal
 fi
