@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full-MNIST experiments whose numbers the README quotes. Run from the repository root:
-#   CLRUN_DATA=../shared/data bash benchmarks/readme_mnist.sh [foundation|regularisation|replay|dynamic|diagnostics]
+#   CLRUN_DATA=../shared/data bash benchmarks/readme_mnist.sh [foundation|regularisation|replay|dynamic|diagnostics|papers]
 # Each section writes a sweep directory under outputs/readme/ with summary.csv and summary_by_config.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,4 +61,13 @@ if [[ $what == all || $what == diagnostics ]]; then
     hydra.run.dir=$r/naive_permuted
   clrun -m quiet=true plots=false benchmark=permuted_mnist method=ewc method.fisher_form=diagonal,lowrank \
     lam=1,10,100,1000 hydra.sweep.dir=$r/lowrank_vs_diagonal
+fi
+
+if [[ $what == all || $what == papers ]]; then
+  # the published protocols (conf/experiment), 3 seeds a cell, and the paper-vs-clrun table
+  r=$out/papers
+  for preset in der_seq_mnist_base der_seq_mnist vandeven_split_mnist_icarl vandeven_split_mnist; do
+    clrun -m +experiment=$preset quiet=true plots=false checkpoint=false hydra.sweep.dir=$r/$preset
+  done
+  clrun-report $r/* -o $r --compare-paper
 fi

@@ -251,7 +251,10 @@ class SampleGradients:
             return self.dense.T @ C
         blocks = {}
         for name, kind, d, a in self._parts():
-            blocks[name] = (torch.einsum("no,nm,ni->oim", d, C, a) if kind == "weight" else d.T @ C)
+            if kind == "weight":  # sum_n C[n, j] d_n a_n^T for each column j: [m, out, in], then columns last
+                blocks[name] = torch.matmul((d.unsqueeze(0) * C.T.unsqueeze(2)).transpose(1, 2), a).permute(1, 2, 0)
+            else:
+                blocks[name] = d.T @ C
         return torch.cat([blocks[n].reshape(-1, C.shape[1]) for n in self.names])
 
     def sq_norms(self) -> Tensor:
@@ -338,9 +341,9 @@ def lanczos_top(matmul: Callable[[Tensor], Tensor], dim: int, k: int, steps: int
                 tol: float = 1e-10) -> tuple[Tensor, Tensor]:
     """Top-``k`` eigenpairs of a symmetric PSD operator given only ``matmul(V [dim, 1])``: Lanczos with full
     reorthogonalisation (the Krylov basis is kept, so Ritz vectors come for free). Returns (eigenvalues [k]
-    descending, eigenvectors [dim, k]); ``steps`` defaults to min(dim, max(3k, k + 50))."""
+    descending, eigenvectors [dim, k]); ``steps`` defaults to min(dim, max(2k, k + 30))."""
     k = min(k, dim)
-    steps = min(dim, steps or max(3 * k, k + 50))
+    steps = min(dim, steps or max(2 * k, k + 30))
     q = torch.randn(dim, generator=generator).to(device, torch.float64)
     q /= q.norm()
     Q = torch.zeros(dim, steps, dtype=torch.float64, device=device)

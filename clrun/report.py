@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from clrun import io
 
 SUMMARY_FILE, BY_CONFIG_FILE, SELECTION_FILE = "summary.csv", "summary_by_config.csv", "selection.csv"
+COMPARE_FILE = "compare_paper.csv"
 METRICS = ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy", "wall_seconds", "train_seconds", "peak_rss_mb",
            "parameters", "buffer_bytes"]
 # what identifies a configuration when seeds are pooled
@@ -116,6 +117,57 @@ def write_summaries(*roots: str | Path, out: str | Path | None = None) -> tuple[
     return summary, grouped
 
 
+def _protocol(job_dir: str) -> dict:
+    f = Path(job_dir) / "config.yaml"
+    cfg = yaml.safe_load(f.read_text()) if f.exists() else {}
+    return (cfg or {}).get("protocol") or {}
+
+
+def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per published cell that has completed runs: the paper's ACC (%) and spread next to clrun's mean
+    and std over seeds, the difference, and whether it lies within the paper's standard deviation (a published
+    SEM is turned into a std with the paper's number of runs)."""
+    done = summary[summary.status == "completed"]
+    protocols = {row.job_dir: _protocol(row.job_dir) for row in done.itertuples()}
+    rows = []
+    seen: set[tuple] = set()
+    for proto in protocols.values():
+        name = proto.get("name", "none")
+        if name in seen or not proto.get("results"):
+            continue
+        seen.add(name)
+        jobs = done[[protocols[j].get("name") == name for j in done.job_dir]]
+        for cell in proto["results"]:
+            sel = jobs[(jobs.method == cell["method"]) & (jobs.scenario == cell["scenario"])
+                       & (jobs.benchmark == proto.get("benchmark", jobs.benchmark))]
+            if "buffer" in cell:
+                sel = sel[pd.to_numeric(sel.buffer, errors="coerce") == cell["buffer"]]
+            if sel.empty:
+                continue
+            acc = 100 * sel.ACC
+            kind = proto.get("spread", "std")
+            paper_std = cell["spread"] * math.sqrt(proto.get("runs", 1)) if kind == "sem" else cell["spread"]
+            diff = acc.mean() - cell["ACC"]
+            rows.append({"protocol": name, "method": cell["method"], "scenario": cell["scenario"],
+                         "buffer": cell.get("buffer", ""), "paper_ACC": cell["ACC"],
+                         "paper_spread": f"{cell['spread']} ({kind})", "paper_std": paper_std,
+                         "clrun_ACC": acc.mean(), "clrun_std": acc.std(ddof=1) if len(acc) > 1 else math.nan,
+                         "n": len(acc), "diff": diff, "within_paper_std": abs(diff) <= paper_std,
+                         "minutes_per_run": sel.wall_seconds.mean() / 60})
+    return pd.DataFrame(rows)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """The comparison as a README-ready table."""
+    lines = ["| protocol | method | scenario | buffer | paper | clrun (mean ± std, n) | diff | within | min/run |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in frame.itertuples():
+        lines.append(f"| {r.protocol} | {r.method} | {r.scenario} | {r.buffer} | {r.paper_ACC:.2f} ± {r.paper_spread} "
+                     f"| {r.clrun_ACC:.2f} ± {r.clrun_std:.2f} ({r.n}) | {r.diff:+.2f} | "
+                     f"{'yes' if r.within_paper_std else '**no**'} | {r.minutes_per_run:.1f} |")
+    return "\n".join(lines)
+
+
 class SweepSummary(Callback):
     """Hydra callback: when a multirun ends, summarise (and plot) its sweep directory."""
 
@@ -144,6 +196,9 @@ def report_main(argv: list[str] | None = None) -> int:
     p.add_argument("dirs", nargs="+", help="run or sweep directories (several are put side by side)")
     p.add_argument("-o", "--out", help="where to write summary.csv and summary_by_config.csv "
                    "(default: the directory, when there is one)")
+    p.add_argument("--compare-paper", action="store_true",
+                   help="runs of published presets (+experiment=...): the paper's number next to clrun's, per cell "
+                        "(compare_paper.csv and a markdown table)")
     a = p.parse_args(argv)
     if len(a.dirs) > 1 and not a.out:
         p.error("with several directories, say where the combined summary goes: -o DIR")
@@ -154,7 +209,14 @@ def report_main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{len(summary)} jobs: {summary.status.value_counts().to_dict()}")
     cols = [c for c in _SHOW if c in grouped.columns]
-    if not grouped.empty:
+    if a.compare_paper:
+        table = compare_paper(summary)
+        io.atomic_write_csv(Path(a.out or a.dirs[0]) / COMPARE_FILE, table)
+        if table.empty:
+            print("no completed run of a preset with published results (clrun -m +experiment=NAME)")
+            return 1
+        print(markdown_table(table))
+    elif not grouped.empty:
         print(grouped[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 

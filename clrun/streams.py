@@ -205,10 +205,22 @@ def split(dataset: str = "mnist", n_tasks: int = 5, stream_seed: int = 0, fixed_
                   {"class_order": order})
 
 
+def _train_subset(x: Tensor, y: Tensor, n: int | None, seed: int, task_id: int) -> tuple[Tensor, Tensor]:
+    """``n`` training samples drawn for one task (GEM's 1,000 per task), or all of them when ``n`` is null."""
+    if n is None:
+        return x, y
+    if not isinstance(n, int) or not 1 <= n <= len(y):
+        raise ConfigError(f"benchmark.train_per_task={n!r} must be an integer in [1, {len(y)}] or null (all)")
+    g = torch.Generator().manual_seed(seed * 1009 + task_id)
+    idx = torch.randperm(len(y), generator=g)[:n]
+    return x[idx], y[idx]
+
+
 def permuted(dataset: str = "mnist", n_tasks: int = 10, stream_seed: int = 0, val_fraction: float = 0.0,
              data_root: str | None = None, download: bool = True, name: str | None = None,
-             **dataset_kwargs) -> Stream:
-    """Each task is the whole dataset under a fixed pixel permutation; task 1 is the identity."""
+             train_per_task: int | None = None, **dataset_kwargs) -> Stream:
+    """Each task is the whole dataset (or ``train_per_task`` samples of it) under a fixed pixel permutation;
+    task 1 is the identity."""
     _check_n_tasks(n_tasks, 1, 10_000, "permuted streams")
     ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs)
     x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
@@ -219,7 +231,8 @@ def permuted(dataset: str = "mnist", n_tasks: int = 10, stream_seed: int = 0, va
     for i in range(n_tasks):
         perm = None if i == 0 else torch.randperm(n_pix, generator=g)
         # the same tensors serve every task: the permutation is applied per batch
-        tasks.append(Task(i, f"perm{i}", classes, x, y, ex, ey, perm=perm))
+        tx, ty = _train_subset(x, y, train_per_task, stream_seed, i)
+        tasks.append(Task(i, f"perm{i}", classes, tx, ty, ex, ey, perm=perm))
     return Stream(name or f"permuted_{dataset}", tasks, tuple(x.shape[1:]), ds.source, split_name)
 
 
@@ -240,8 +253,10 @@ def _rotate(x: Tensor, degrees: float, chunk: int = 8192) -> Tensor:
 
 def rotated(dataset: str = "mnist", n_tasks: int = 5, angles: list[float] | None = None, max_angle: float = 180.0,
             stream_seed: int = 0, val_fraction: float = 0.0, data_root: str | None = None,
-            download: bool = True, name: str | None = None, **dataset_kwargs) -> Stream:
-    """Each task rotates the whole dataset by a fixed angle (``angles``, or evenly spaced in [0, max_angle))."""
+            download: bool = True, name: str | None = None, train_per_task: int | None = None,
+            **dataset_kwargs) -> Stream:
+    """Each task rotates the whole dataset (or ``train_per_task`` samples of it) by a fixed angle (``angles``,
+    or evenly spaced in [0, max_angle))."""
     _check_n_tasks(n_tasks, 1, 1000, "rotated streams")
     angles = list(angles) if angles else [i * max_angle / n_tasks for i in range(n_tasks)]
     if len(angles) != n_tasks:
@@ -249,7 +264,10 @@ def rotated(dataset: str = "mnist", n_tasks: int = 5, angles: list[float] | None
     ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs)
     x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
     classes = list(range(ds.n_classes))
-    tasks = [Task(i, f"rot{a:g}", classes, _rotate(x, a), y, _rotate(ex, a), ey) for i, a in enumerate(angles)]
+    tasks = []
+    for i, a in enumerate(angles):
+        tx, ty = _train_subset(x, y, train_per_task, stream_seed, i)
+        tasks.append(Task(i, f"rot{a:g}", classes, _rotate(tx, a), ty, _rotate(ex, a), ey))
     return Stream(name or f"rotated_{dataset}", tasks, tuple(x.shape[1:]), ds.source, split_name,
                   {"angles": angles})
 

@@ -1,0 +1,89 @@
+"""Published-protocol presets (conf/experiment): each composes with its settings intact, every cell of its
+sweep runs a tiny step on the synthetic stream, and clrun-report --compare-paper lines runs up with the paper."""
+
+import itertools
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from clrun.app import CONF_DIR
+from clrun.methods.base import Method
+from clrun.report import collect, compare_paper, report_main
+from clrun.run import build, run
+from tests.conftest import clrun_cmd, make_cfg
+
+PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+# the preset's own stream type on generated data, 2 tasks, 1 step each
+TINY = ["benchmark.dataset=synthetic", "benchmark.name=tiny", "benchmark.n_tasks=2", "iters=1", "quiet=true",
+        "plots=false", "device=cpu", "checkpoint=false"]
+# what TINY replaces; every other setting must stay as the preset says
+REPLACED = {"benchmark", "iters", "quiet", "plots", "device", "checkpoint"}
+
+
+def _sweep_cells(preset: str) -> list[list[str]]:
+    with_hydra = OmegaConf.load(Path(CONF_DIR) / "experiment" / f"{preset}.yaml")
+    params = dict(OmegaConf.select(with_hydra, "hydra.sweeper.params") or {})
+    params.pop("seed", None)
+    keys = list(params)
+    values = [str(params[k]).split(",") for k in keys]
+    return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*values)]
+
+
+def test_there_are_presets():
+    assert {"der_seq_mnist", "der_seq_mnist_base", "vandeven_split_mnist", "vandeven_split_mnist_icarl"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_cells_compose_intact_and_run_a_tiny_step(tmp_path, preset):
+    cells = _sweep_cells(preset)
+    assert cells, f"{preset} has no sweep"
+    methods_run: set[str] = set()
+    for i, cell in enumerate(cells):
+        full = make_cfg(f"+experiment={preset}", *cell)
+        tiny = make_cfg(f"+experiment={preset}", *cell, *TINY)
+        assert full.protocol.name != "none"
+        full_c, tiny_c = (OmegaConf.to_container(c, resolve=True) for c in (full, tiny))
+        for key in set(full_c) - REPLACED:
+            assert tiny_c[key] == full_c[key], f"{preset} {cell}: {key} changed by the tiny overrides"
+        assert isinstance(build(tiny.method), Method)  # every cell's method settings are valid...
+        if tiny.method._target_ not in methods_run:  # ...and each method of the preset trains a step
+            methods_run.add(tiny.method._target_)
+            row = run(tiny, tmp_path / str(i))
+            assert row["status"] == "completed", (preset, cell)
+
+
+def test_protocol_specific_settings_reach_the_method():
+    der = make_cfg("+experiment=der_seq_mnist", "method=derpp", "buffer=500")
+    assert (der.lr, der.method.alpha, der.method.beta, der.method.replay_batch_size) == (0.03, 1.0, 0.5, 10)
+    assert der.batch_size == 10 and list(der.model.hidden) == [100, 100] and der.benchmark.fixed_class_order
+    ewc = make_cfg("+experiment=vandeven_split_mnist", "method=ewc", "scenario=class_il")
+    assert ewc.method.lam == 1e9 and ewc.optimizer._target_ == "torch.optim.Adam" and ewc.iters == 2000
+    # the command line still wins over a preset
+    assert make_cfg("+experiment=der_seq_mnist", "method=er", "buffer=200", "lr=0.5").lr == 0.5
+    # no preset: no protocol, and clrun's own defaults
+    assert make_cfg("method=er").protocol.name == "none" and make_cfg("method=er").lr == 0.01
+
+
+def test_multirun_of_a_preset_and_compare_paper(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    subprocess.run(clrun_cmd("-m", "+experiment=der_seq_mnist_base", "method=naive,joint", "seed=0,1", *TINY,
+                             f"hydra.sweep.dir={sweep}"), check=True, capture_output=True)
+    summary = collect(sweep)
+    assert len(summary) == 4 and (summary.status == "completed").all()
+    # runs on another stream are not the paper's: nothing to compare
+    assert compare_paper(summary).empty
+    # the same runs, relabelled as split_mnist, line up with the paper's cells
+    for job in summary.job_dir:
+        m = pd.read_csv(Path(job) / "metrics.csv")
+        m["benchmark"] = "split_mnist"
+        m.to_csv(Path(job) / "metrics.csv", index=False)
+    table = compare_paper(collect(sweep))
+    assert sorted(table.method) == ["joint", "naive"] and (table.n == 2).all()
+    naive = table.set_index("method").loc["naive"]
+    assert naive.paper_ACC == 19.60 and naive["diff"] == pytest.approx(naive.clrun_ACC - 19.60)
+    assert report_main([str(sweep), "--compare-paper"]) == 0
+    assert "| der_seq_mnist | naive | class_il |" in capsys.readouterr().out
+    assert (sweep / "compare_paper.csv").exists()
