@@ -128,8 +128,8 @@ def test_interference_rows_track_the_observed_loss_change(tmp_path):
     assert ((later["neg_pair_fraction"] >= 0) & (later["neg_pair_fraction"] <= 1)).all()
 
 
-def _tiny_ewc(form, rank=4, lam=3.0):
-    ewc = EWC(lam=lam, fisher="empirical", fisher_samples=None, fisher_form=form, rank=rank)
+def _tiny_ewc(form, rank=4, lam=3.0, step="explicit"):
+    ewc = EWC(lam=lam, fisher="empirical", fisher_samples=None, fisher_form=form, rank=rank, lowrank_step=step)
     L = _learner(lr=0.05)
     L.model = MLP((1, 4, 4), L.scenario.n_outputs, hidden=[6])
     ewc.bind(L)
@@ -202,3 +202,18 @@ def test_lowrank_refuses_online_and_expected(tmp_path):
         run(make_cfg(*FAST, "method=ewc", "method.fisher_form=lowrank", "method.online=true"), tmp_path)
     with pytest.raises(ConfigError, match="use fisher=true or empirical"):
         run(make_cfg(*FAST, "method=ewc", "method.fisher_form=lowrank", "method.fisher=expected"), tmp_path)
+
+
+def test_lowrank_implicit_step_shrinks_each_eigen_component_exactly():
+    ewc, L = _tiny_ewc("lowrank", rank=3, lam=50.0, step="implicit")
+    params = list(L.model.parameters())
+    evals, vecs, anchor = ewc.eigen[0]
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.1)
+    before = vecs.T @ (ewc._theta() - anchor)
+    ewc.after_step()  # what follows each optimiser step
+    after = vecs.T @ (ewc._theta() - anchor)
+    lr = L.optimizer.param_groups[0]["lr"]
+    assert torch.allclose(after, before / (1 + lr * ewc.lam * evals), rtol=1e-4, atol=1e-6)
+    assert (lr * ewc.lam * evals[0]) > 2  # a stiffness at which the explicit gradient step would overshoot

@@ -4,7 +4,14 @@ with F the diagonal Fisher at each task's optimum (``fisher=empirical|true|expec
 ``fisher_form=lowrank``: (lam/2) [ sum_{i<=rank} l_i (v_i . d)^2 + sum_j r_j d_j^2 ], d = theta - theta*, with
 (l_i, v_i) the top-``rank`` eigenpairs of the task's Fisher (Lanczos on Fisher-vector products, see
 clrun.importance) and r = diag(F) - sum_i l_i v_i^2 the diagonal of the remainder, so no direction goes
-unpenalised. Memory: rank * P per task plus the diagonal."""
+unpenalised. Memory: rank * P per task plus the diagonal.
+
+The eigenbasis concentrates the curvature: along v_1 the penalty's curvature is lam * l_1, far above any
+diagonal entry, and an explicit gradient step overshoots once lr * lam * l_1 > 2. ``lowrank_step=implicit``
+(default) therefore applies the low-rank part as its proximal step after each optimiser step: the component
+c_i = v_i . d shrinks to c_i / (1 + lr * lam * l_i), the backward-Euler step of the same quadratic (equal to
+the gradient step to first order in lr, stable for every lam). ``explicit`` adds lam V (l * V^T d) to the
+gradients instead."""
 
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ log = logging.getLogger("clrun")
 class EWC(QuadraticPenalty):
     def __init__(self, lam: float = 100.0, fisher: str = "true", fisher_samples: int | None = 2000,
                  online: bool = False, gamma: float = 0.95, chunk: int = 16, backend: str = "auto",
-                 fisher_form: str = "diagonal", rank: int = 20):
+                 fisher_form: str = "diagonal", rank: int = 20, lowrank_step: str = "implicit"):
         allowed = ", ".join(FISHER_KINDS)
         require(fisher in FISHER_KINDS, f"method.fisher={fisher!r} is not allowed; use one of {allowed}")
         require(fisher_samples is None or fisher_samples >= 1,
@@ -37,9 +44,11 @@ class EWC(QuadraticPenalty):
                                 "supported with it")
             require(fisher != "expected", "method.fisher_form=lowrank needs per-sample gradients of one label: "
                                           "use fisher=true or empirical")
+            require(lowrank_step in ("implicit", "explicit"),
+                    f"method.lowrank_step={lowrank_step!r} is not allowed; use implicit or explicit")
         super().__init__(lam, online=online, gamma=gamma)
         self.fisher, self.fisher_samples, self.chunk, self.backend = fisher, fisher_samples, chunk, backend
-        self.fisher_form, self.rank = fisher_form, int(rank)
+        self.fisher_form, self.rank, self.lowrank_step = fisher_form, int(rank), lowrank_step
         self.eigen: list[tuple[Tensor, Tensor, Tensor]] = []  # lowrank: (eigenvalues, vectors [P, r], theta*)
 
     @property
@@ -70,7 +79,7 @@ class EWC(QuadraticPenalty):
         self.consolidate(grads.split(residual))  # the remainder's diagonal: the fused quadratic path
         self.eigen.append((evals, vecs, self._theta().clone()))
         stiffness = self.lam * float(evals[0]) * float(L.optimizer.param_groups[0]["lr"])
-        if stiffness > 2:  # an explicit gradient step overshoots along v_1 when lr * lam * l_1 > 2
+        if stiffness > 2 and self.lowrank_step == "explicit":  # an explicit gradient step overshoots along v_1 when lr * lam * l_1 > 2
             log.warning("ewc lowrank: lr * lam * top eigenvalue = %.3g > 2 after task %d: the penalty's step is "
                         "unstable along the top eigenvector; lower lam or lr", stiffness, task_id + 1)
 
@@ -90,7 +99,7 @@ class EWC(QuadraticPenalty):
 
     def after_backward(self) -> None:
         super().after_backward()
-        if not self.eigen or self.lam == 0:
+        if not self.eigen or self.lam == 0 or self.lowrank_step != "explicit":
             return
         theta = self._theta()
         grad = torch.zeros_like(theta)
@@ -103,6 +112,21 @@ class EWC(QuadraticPenalty):
                 p.grad = torch.zeros_like(p)
             p.grad.add_(grad[at : at + n].view_as(p), alpha=self.lam)
             at += n
+
+    def after_step(self) -> None:
+        if not self.eigen or self.lam == 0 or self.lowrank_step != "implicit":
+            return
+        lr = float(self.learner.optimizer.param_groups[0]["lr"])
+        theta = self._theta()
+        for evals, vecs, anchor in self.eigen:  # one proximal step per task's eigenbasis
+            shrink = lr * self.lam * evals / (1 + lr * self.lam * evals)
+            theta -= vecs @ (shrink * (vecs.T @ (theta - anchor)))
+        at = 0
+        with torch.no_grad():
+            for p in self._trainable():
+                n = p.numel()
+                p.copy_(theta[at : at + n].view_as(p))
+                at += n
 
     def extra_metrics(self) -> dict:
         row = super().extra_metrics()
