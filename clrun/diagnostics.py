@@ -63,16 +63,17 @@ class Diagnostics:
     """An observer of the training loop: the learner calls before_task / after_step / after_task."""
 
     def __init__(self, out_dir: str | Path, interference: bool = False, spectrum: bool = False, every: int = 50,
-                 batch: int = 256, k: int = 20, samples: int = 1000, fisher: str = "empirical",
+                 batch: int = 1024, pairs: int = 256, k: int = 20, samples: int = 1000, fisher: str = "empirical",
                  backend: str = "auto"):
-        for key, value, low in (("every", every, 1), ("batch", batch, 2), ("k", k, 1), ("samples", samples, 2)):
+        for key, value, low in (("every", every, 1), ("batch", batch, 2), ("pairs", pairs, 2), ("k", k, 1),
+                                ("samples", samples, 2)):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"diagnostics.{key}={value!r} must be an integer >= {low}")
         if fisher not in ("empirical", "true"):
             raise ConfigError(f"diagnostics.fisher={fisher!r} must be empirical or true")
         self.out_dir = Path(out_dir)
         self.interference, self.spectrum = bool(interference), bool(spectrum)
-        self.every, self.batch, self.k, self.samples = every, batch, k, samples
+        self.every, self.batch, self.pairs, self.k, self.samples = every, batch, pairs, k, samples
         self.fisher, self.backend = fisher, backend
         self.interference_rows: list[dict] = []
         self.spectrum_rows: list[dict] = []
@@ -163,7 +164,8 @@ class Diagnostics:
             self.interference_rows.append({
                 "task": task_id + 1, "step": step, "old_task": k + 1, "lr": lr, "old_loss": old_loss,
                 "new_loss": new_loss, "cosine": dot / norms if norms > 0 else math.nan, "grad_dot": dot,
-                "neg_pair_fraction": float((old_grads.gram(new_grads) < 0).float().mean()),
+                "neg_pair_fraction": float((old_grads.head(self.pairs).gram(new_grads.head(self.pairs)) < 0)
+                                           .float().mean()),
                 "predicted_dloss": cum[0], "linearised_dloss": cum[1],
                 "observed_dloss": old_loss - self._start_loss[k]})
         self._prev = (step, theta, now)

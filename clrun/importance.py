@@ -212,6 +212,17 @@ class SampleGradients:
             self.dense = torch.cat(rows)
         model.train(was_training)
 
+    def head(self, n: int) -> SampleGradients:
+        """The first ``n`` samples' gradients (a view, nothing recomputed)."""
+        out = object.__new__(SampleGradients)
+        out.__dict__.update(self.__dict__)
+        out.n = min(n, self.n)
+        if self.factors is None:
+            out.dense = self.dense[:n]
+        else:
+            out.factors = {k: (a[:n], d[:n]) for k, (a, d) in self.factors.items()}
+        return out
+
     # -- layout
     def split(self, flat: Tensor) -> dict[str, Tensor]:
         """A flat [P, ...] tensor as {name: [*param.shape, ...]}."""

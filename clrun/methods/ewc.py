@@ -79,7 +79,8 @@ class EWC(QuadraticPenalty):
         self.consolidate(grads.split(residual))  # the remainder's diagonal: the fused quadratic path
         self.eigen.append((evals, vecs, self._theta().clone()))
         stiffness = self.lam * float(evals[0]) * float(L.optimizer.param_groups[0]["lr"])
-        if stiffness > 2 and self.lowrank_step == "explicit":  # an explicit gradient step overshoots along v_1 when lr * lam * l_1 > 2
+        # an explicit gradient step overshoots along v_1 when lr * lam * l_1 > 2
+        if stiffness > 2 and self.lowrank_step == "explicit":
             log.warning("ewc lowrank: lr * lam * top eigenvalue = %.3g > 2 after task %d: the penalty's step is "
                         "unstable along the top eigenvector; lower lam or lr", stiffness, task_id + 1)
 
