@@ -111,3 +111,18 @@ def test_bad_n_tasks_for_split(n_tasks):
 def test_unknown_scenario():
     with pytest.raises(ConfigError, match="scenario='online'"):
         Scenario("online", streams.split(n_tasks=5, **SYN))
+
+
+@pytest.mark.parametrize("make", [streams.permuted, streams.rotated])
+def test_train_per_task_draws_a_seeded_subset_per_task(make):
+    full = make(n_tasks=3, stream_seed=1, **SYN)
+    sub = make(n_tasks=3, stream_seed=1, train_per_task=50, **SYN)
+    again = make(n_tasks=3, stream_seed=1, train_per_task=50, **SYN)
+    n_all = len(full.tasks[0].train_y)
+    for t, u, v in zip(full.tasks, sub.tasks, again.tasks):
+        assert len(u.train_y) == 50 and torch.equal(u.train_y, v.train_y)  # the same draw for the same seed
+        assert torch.equal(u.eval_y, t.eval_y)  # evaluation is untouched
+    # each task draws its own samples
+    assert not torch.equal(sub.tasks[0].train_y, sub.tasks[1].train_y)
+    with pytest.raises(ConfigError, match="train_per_task"):
+        make(n_tasks=2, train_per_task=n_all + 1, **SYN)
