@@ -1,6 +1,6 @@
 """Cost of each method relative to naive fine-tuning, and of the vectorised Fisher against a per-sample loop.
 
-    CLRUN_DATA=../shared/data python benchmarks/bench_methods.py [--reps 3] [--tasks 5]
+    CLRUN_DATA=../shared/data python benchmarks/bench_methods.py [--reps 3] [--tasks 5] [--methods ewc,er]
 
 Training time is clrun's ``train_seconds`` (the training loop, including the end-of-task work such as the
 Fisher or exemplar selection, excluding evaluation). Writes benchmarks/results_methods.csv and
@@ -42,22 +42,24 @@ def cfg(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def bench_training(reps: int, tasks: int) -> pd.DataFrame:
+def bench_training(reps: int, tasks: int, methods: list[str]) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as d:  # one-off costs (first optimiser, kernels) before any timing
         run(cfg("benchmark=synthetic", "quiet=true", "plots=false", "device=cpu", "method=ewc"), d)
-    rows = []
-    for method in METHODS:
-        times, rss = [], []
-        for rep in range(reps):
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    last: dict[str, dict] = {}
+    for rep in range(reps):  # round-robin: a drift in the machine's speed hits every method alike
+        for method in methods:
             with tempfile.TemporaryDirectory() as d:
                 scenario = SCENARIO.get(method, "domain_il")
-                row = run(cfg(f"method={method}", f"benchmark.n_tasks={tasks}", f"scenario={scenario}",
-                              "quiet=true", "plots=false", "device=cpu", f"seed={rep}"), d)
-            times.append(row["train_seconds"])
-            rss.append(row["peak_rss_mb"])
-        rows.append({"method": method, "train_seconds": statistics.median(times), "ACC": row["ACC"],
-                     "buffer_bytes": row.get("buffer_bytes", float("nan"))})
-        print(f"{method:>10}: {rows[-1]['train_seconds']:.2f} s", flush=True)
+                last[method] = run(cfg(f"method={method}", f"benchmark.n_tasks={tasks}", f"scenario={scenario}",
+                                       "quiet=true", "plots=false", "device=cpu", "checkpoint=false",
+                                       f"seed={rep}"), d)
+            times[method].append(last[method]["train_seconds"])
+            print(f"rep {rep} {method:>10}: {times[method][-1]:.2f} s", flush=True)
+    rows = [{"method": m, "train_seconds": statistics.median(times[m]), "min_s": min(times[m]),
+             "max_s": max(times[m]), "reps": reps, "ACC": last[m]["ACC"],
+             "buffer_bytes": last[m].get("buffer_bytes", float("nan")),
+             "importance_bytes": last[m].get("importance_bytes", float("nan"))} for m in methods]
     df = pd.DataFrame(rows)
     df["ratio_to_naive"] = df.train_seconds / float(df.loc[df.method == "naive", "train_seconds"].iloc[0])
     return df
@@ -117,18 +119,23 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=5)
     ap.add_argument("--fisher-samples", type=int, default=10_000)
     ap.add_argument("--loop-samples", type=int, default=1_000)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated; naive is always included")
+    ap.add_argument("--skip-fisher", action="store_true")
+    ap.add_argument("--out", default="results_methods.csv", help="file name under benchmarks/")
     a = ap.parse_args()
+    methods = ["naive"] + [m for m in a.methods.split(",") if m and m != "naive"]
     torch.set_num_threads(torch.get_num_threads())
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    fisher = bench_fisher(a.fisher_samples, a.loop_samples)
-    fisher.to_csv(HERE / "results_fisher.csv", index=False, float_format="%.4g")
-    print(fisher.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    rate = dict(zip(fisher.fisher, fisher.samples_per_s))
-    loop = rate["per-sample loop (autograd.grad)"]
-    print(f"vmap / loop: {rate['vectorised (vmap(grad))'] / loop:.1f}x; "
-          f"outer products / loop: {rate['Linear-layer outer products (backend=auto, MLP)'] / loop:.1f}x")
-    train = bench_training(a.reps, a.tasks)
-    train.to_csv(HERE / "results_methods.csv", index=False, float_format="%.4g")
+    if not a.skip_fisher:
+        fisher = bench_fisher(a.fisher_samples, a.loop_samples)
+        fisher.to_csv(HERE / "results_fisher.csv", index=False, float_format="%.4g")
+        print(fisher.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        rate = dict(zip(fisher.fisher, fisher.samples_per_s))
+        loop = rate["per-sample loop (autograd.grad)"]
+        print(f"vmap / loop: {rate['vectorised (vmap(grad))'] / loop:.1f}x; "
+              f"outer products / loop: {rate['Linear-layer outer products (backend=auto, MLP)'] / loop:.1f}x")
+    train = bench_training(a.reps, a.tasks, methods)
+    train.to_csv(HERE / a.out, index=False, float_format="%.4g")
     print(train.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
 
