@@ -92,6 +92,13 @@ def plot_task_curves(run_dir: str | Path) -> Path:
     return _save(fig, run_dir / "task_accuracy.png")
 
 
+def _axes_text(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+
+
 def plot_interference(run_dir: str | Path) -> Path:
     """From interference.csv: the old/new gradient cosine over each new task's steps, one line per old task;
     and the first-order predicted old-task loss changes against the observed ones."""
@@ -108,18 +115,14 @@ def plot_interference(run_dir: str | Path) -> Path:
         ax1.axvline(off, color="gray", lw=0.5, alpha=0.5)
         ax1.text(off, 1.0, f" task {t}", transform=ax1.get_xaxis_transform(), fontsize=7, va="top")
     ax1.axhline(0, color="black", lw=0.6)
-    ax1.set_xlabel("training step (tasks 2.. in sequence)")
-    ax1.set_ylabel("cos(g_old, g_new)")
-    ax1.set_title("Gradient interference with each old task", fontsize=10)
-    ax1.legend(fontsize=8)
+    _axes_text(ax1, "training step (tasks 2.. in sequence)", "cos(g_old, g_new)",
+               "Gradient interference with each old task")
     lim = np.nanmax(np.abs(df[["predicted_dloss", "linearised_dloss", "observed_dloss"]].to_numpy())) * 1.05
     ax2.plot([-lim, lim], [-lim, lim], color="gray", lw=0.8, ls="--", label="y = x")
     ax2.scatter(df["observed_dloss"], df["predicted_dloss"], s=12, label="-lr sum g_old . g_new")
     ax2.scatter(df["observed_dloss"], df["linearised_dloss"], s=12, marker="x", label="g_old . (actual update)")
-    ax2.set_xlabel("observed old-task loss change since the task began")
-    ax2.set_ylabel("first-order prediction")
-    ax2.set_title("Predicted vs observed forgetting (loss)", fontsize=10)
-    ax2.legend(fontsize=8)
+    _axes_text(ax2, "observed old-task loss change since the task began", "first-order prediction",
+               "Predicted vs observed forgetting (loss)")
     fig.suptitle(_run_title(run_dir), fontsize=9)
     return _save(fig, run_dir / "interference.png")
 
@@ -135,19 +138,13 @@ def plot_spectrum(run_dir: str | Path) -> Path:
         share = g["topk_share"].iloc[0]
         ax1.semilogy(g["index"], g["eigenvalue"], marker="o", ms=3,
                      label=f"after task {t} (top-k: {share:.0%} of tr F)")
-    ax1.set_xlabel("eigenvalue index")
-    ax1.set_ylabel("Fisher eigenvalue")
-    ax1.set_title("Top-k Fisher spectrum of each task", fontsize=10)
-    ax1.legend(fontsize=8)
+    _axes_text(ax1, "eigenvalue index", "Fisher eigenvalue", "Top-k Fisher spectrum of each task")
     pivot = layers.pivot(index="after_task", columns="layer", values="mass_share").fillna(0)
     bottom = np.zeros(len(pivot))
     for layer in pivot.columns:
         ax2.bar(pivot.index.astype(str), pivot[layer], bottom=bottom, label=layer)
         bottom += pivot[layer].to_numpy()
-    ax2.set_xlabel("after task")
-    ax2.set_ylabel("share of top-k eigenvector mass")
-    ax2.set_title("Where the sharp directions live", fontsize=10)
-    ax2.legend(fontsize=8)
+    _axes_text(ax2, "after task", "share of top-k eigenvector mass", "Where the sharp directions live")
     fig.suptitle(_run_title(run_dir), fontsize=9)
     return _save(fig, run_dir / "spectrum.png")
 
