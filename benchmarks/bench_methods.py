@@ -62,6 +62,9 @@ def bench_training(reps: int, tasks: int, methods: list[str]) -> pd.DataFrame:
              "importance_bytes": last[m].get("importance_bytes", float("nan"))} for m in methods]
     df = pd.DataFrame(rows)
     df["ratio_to_naive"] = df.train_seconds / float(df.loc[df.method == "naive", "train_seconds"].iloc[0])
+    # the machine's speed drifts between repetitions: the ratio within each repetition is the steadier number
+    df["median_ratio_within_rep"] = [statistics.median(t / n for t, n in zip(times[m], times["naive"]))
+                                     for m in methods]
     return df
 
 
