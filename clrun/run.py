@@ -122,7 +122,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     method = build(cfg.method)  # method settings are checked before any data is loaded
     regularizers = [build(c) for c in (cfg.regularizers or {}).values()]
     diagnostics = Diagnostics(out_dir, **OmegaConf.to_container(cfg.get("diagnostics") or {}))
-    stream = build(cfg.benchmark, data_root=cfg.data.root, download=cfg.data.download)
+    stream = build(cfg.benchmark, data_root=cfg.data.root, download=cfg.data.download,
+                   normalize=bool(OmegaConf.select(cfg, "data.normalize", default=True)))
     scenario = Scenario(str(cfg.scenario.name), stream)
     stream.to(device)
     T = len(stream)

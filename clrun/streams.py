@@ -193,11 +193,11 @@ def _order(n_classes: int, seed: int, fixed: bool) -> list[int]:
 
 
 def split(dataset: str = "mnist", n_tasks: int = 5, stream_seed: int = 0, fixed_class_order: bool = False,
-          val_fraction: float = 0.0, data_root: str | None = None, download: bool = True,
+          val_fraction: float = 0.0, data_root: str | None = None, download: bool = True, normalize: bool = True,
           name: str | None = None, **dataset_kwargs) -> Stream:
     """Class-incremental split of ``dataset`` into ``n_tasks`` groups of classes (order fixed by seed, or
     0-1/2-3/... with ``fixed_class_order``)."""
-    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs)
+    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs, normalize)
     x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
     order = _order(ds.n_classes, stream_seed, fixed_class_order)
     tasks = _class_split(name or f"split_{dataset}", x, y, ex, ey, order, n_tasks)
@@ -217,12 +217,12 @@ def _train_subset(x: Tensor, y: Tensor, n: int | None, seed: int, task_id: int) 
 
 
 def permuted(dataset: str = "mnist", n_tasks: int = 10, stream_seed: int = 0, val_fraction: float = 0.0,
-             data_root: str | None = None, download: bool = True, name: str | None = None,
+             data_root: str | None = None, download: bool = True, normalize: bool = True, name: str | None = None,
              train_per_task: int | None = None, **dataset_kwargs) -> Stream:
     """Each task is the whole dataset (or ``train_per_task`` samples of it) under a fixed pixel permutation;
     task 1 is the identity."""
     _check_n_tasks(n_tasks, 1, 10_000, "permuted streams")
-    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs)
+    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs, normalize)
     x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
     n_pix = math.prod(x.shape[1:])
     g = torch.Generator().manual_seed(stream_seed)
@@ -253,15 +253,15 @@ def _rotate(x: Tensor, degrees: float, chunk: int = 8192) -> Tensor:
 
 def rotated(dataset: str = "mnist", n_tasks: int = 5, angles: list[float] | None = None, max_angle: float = 180.0,
             stream_seed: int = 0, val_fraction: float = 0.0, data_root: str | None = None,
-            download: bool = True, name: str | None = None, train_per_task: int | None = None,
-            **dataset_kwargs) -> Stream:
+            download: bool = True, normalize: bool = True, name: str | None = None,
+            train_per_task: int | None = None, **dataset_kwargs) -> Stream:
     """Each task rotates the whole dataset (or ``train_per_task`` samples of it) by a fixed angle (``angles``,
     or evenly spaced in [0, max_angle))."""
     _check_n_tasks(n_tasks, 1, 1000, "rotated streams")
     angles = list(angles) if angles else [i * max_angle / n_tasks for i in range(n_tasks)]
     if len(angles) != n_tasks:
         raise ConfigError(f"benchmark.angles has {len(angles)} entries but benchmark.n_tasks={n_tasks}")
-    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs)
+    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs, normalize)
     x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
     classes = list(range(ds.n_classes))
     tasks = []
@@ -274,10 +274,10 @@ def rotated(dataset: str = "mnist", n_tasks: int = 5, angles: list[float] | None
 
 def domains(dataset: str = "mnist", n_tasks: int = 3, angle: float = 45.0, noise_std: float = 1.0,
             stream_seed: int = 0, val_fraction: float = 0.0, data_root: str | None = None,
-            download: bool = True, name: str | None = None, **dataset_kwargs) -> Stream:
+            download: bool = True, normalize: bool = True, name: str | None = None, **dataset_kwargs) -> Stream:
     """The reference text's Domain-IL example: clean -> rotated -> noisy (Gaussian noise, fixed by seed)."""
     _check_n_tasks(n_tasks, 1, 3, "mnist_domains (clean, rotated, noisy)")
-    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs)
+    ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs, normalize)
     x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
     g = torch.Generator().manual_seed(stream_seed)
 
@@ -291,13 +291,14 @@ def domains(dataset: str = "mnist", n_tasks: int = 3, angle: float = 45.0, noise
 
 
 def sequence(datasets: list[str], stream_seed: int = 0, val_fraction: float = 0.0, data_root: str | None = None,
-             download: bool = True, name: str | None = None, n_tasks: int | None = None) -> Stream:
+             download: bool = True, name: str | None = None, n_tasks: int | None = None,
+             normalize: bool = True) -> Stream:
     """One task per dataset, in order (CIFAR-10 then SVHN: the forgetting demo). Inputs must share a shape."""
     if n_tasks is not None and n_tasks != len(datasets):
         raise ConfigError(f"benchmark.n_tasks={n_tasks} must equal the number of datasets ({len(datasets)})")
     tasks, shape, sources = [], None, set()
     for i, dname in enumerate(datasets):
-        ds = _load(dname, data_root, download, stream_seed, {})
+        ds = _load(dname, data_root, download, stream_seed, {}, normalize)
         x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
         if shape is not None and tuple(x.shape[1:]) != shape:
             raise ConfigError(f"benchmark.datasets: {dname} inputs {tuple(x.shape[1:])} differ from {shape}")
@@ -307,9 +308,10 @@ def sequence(datasets: list[str], stream_seed: int = 0, val_fraction: float = 0.
     return Stream(name or "_".join(datasets), tasks, shape, "+".join(sorted(sources)), split_name)
 
 
-def _load(dataset: str, root: str | None, download: bool, seed: int, kwargs: dict) -> datamod.Dataset:
+def _load(dataset: str, root: str | None, download: bool, seed: int, kwargs: dict,
+          normalize: bool = True) -> datamod.Dataset:
     if dataset == "synthetic":
         return datamod.synthetic(seed=seed, **kwargs)
     if kwargs:
         raise ConfigError(f"benchmark keys {sorted(kwargs)} are not understood for dataset {dataset}")
-    return datamod.load(dataset, root, download, seed)
+    return datamod.load(dataset, root, download, seed, normalize)

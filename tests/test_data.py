@@ -96,3 +96,13 @@ def test_default_root_honours_env(monkeypatch, tmp_path):
     assert data.default_root() == str(tmp_path)
     monkeypatch.delenv("CLRUN_DATA")
     assert data.default_root().endswith("clrun/data")
+
+
+def test_normalize_false_gives_raw_unit_pixels(tmp_path):
+    from clrun import data as datamod
+
+    raw = datamod.load("mnist", str(tmp_path), download=False, normalize=False)
+    std = datamod.load("mnist", str(tmp_path), download=False)
+    assert raw.train_x.min() >= 0 and raw.train_x.max() <= 1 and raw.train_x.max() > 0.99
+    mean, sd = datamod._STATS["mnist"]
+    assert torch.allclose(std.train_x, (raw.train_x - mean[0]) / sd[0], atol=1e-5)
