@@ -74,4 +74,11 @@ if [[ $what == all || $what == papers ]]; then
     checkpoint=false hydra.sweep.dir=$r/der_seq_mnist_5120
   clrun-report $r/der_seq_mnist_base $r/der_seq_mnist $r/der_seq_mnist_5120 $r/vandeven_split_mnist_icarl \
     $r/vandeven_split_mnist -o $r --compare-paper | tee $r/compare_paper.md
+  # the input-normalisation check of the README: the flagged cells again with raw [0, 1] pixels
+  raw=$out/papers_raw
+  clrun -m +experiment=der_seq_mnist method=er,der,derpp data.normalize=false quiet=true plots=false \
+    checkpoint=false hydra.sweep.dir=$raw/der_seq_mnist
+  clrun -m +experiment=vandeven_split_mnist method=naive scenario=task_il data.normalize=false quiet=true \
+    plots=false checkpoint=false hydra.sweep.dir=$raw/vandeven_naive_task
+  clrun-report $raw/der_seq_mnist $raw/vandeven_naive_task -o $raw --compare-paper | tee $raw/compare_paper.md
 fi
