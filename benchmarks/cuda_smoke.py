@@ -23,7 +23,7 @@ CASES += [[f"method={m}", "scenario=task_il"] for m in ["pnn", "packnet", "supsu
 CASES += [["method=supsup", "method.task_inference=oneshot"], ["method=supsup", "method.task_inference=binary"],
           ["method=ewc", "method.fisher_form=lowrank", "method.rank=5"],
           ["method=naive", "diagnostics.interference=true", "diagnostics.spectrum=true", "diagnostics.every=5"],
-          ["method=er", "+regularizers=[lwf,ewc]"], ["model=cnn", "method=ewc", "method.backend=vmap"],
+          ["method=er", "+regularizers=[lwf,ewc]"], ["model=cnn", "method=ewc", "method.backend=vmap", "lr=0.01"],
           ["+experiment=der_seq_mnist", "method=derpp", "benchmark.dataset=synthetic", "benchmark.name=tiny",
            "benchmark.n_tasks=2", "iters=5"]]
 
@@ -49,6 +49,25 @@ def main() -> int:
             failed += not ok
             print(f"{'ok ' if ok else 'BAD'} {' '.join(case):70s} ACC={row.get('ACC', float('nan')):.3f} "
                   f"{time.perf_counter() - t0:5.1f}s {'' if ok else status}", flush=True)
+    # the per-sample-gradient paths agree across devices: diagonal Fisher and the Lanczos spectrum of a CNN
+    from clrun.importance import SampleGradients, fisher_diag, lanczos_top
+    from clrun.models import CNN
+
+    torch.manual_seed(0)
+    model = CNN((1, 8, 8), 10, channels=[4, 8], hidden=32)
+    x, y = torch.randn(256, 1, 8, 8), torch.randint(0, 10, (256,))
+    mask = torch.ones(256, 10, dtype=torch.bool)
+    f_cpu = fisher_diag(model, x, y, mask, "empirical", backend="vmap")
+    f_gpu = fisher_diag(model.cuda(), x.cuda(), y.cuda(), mask.cuda(), "empirical", backend="vmap")
+    err = max(float((f_gpu[n].cpu() - f_cpu[n]).abs().max() / f_cpu[n].abs().max()) for n in f_cpu)
+    g = SampleGradients(model, x.cuda(), y.cuda(), mask.cuda())
+    top_gpu, _ = lanczos_top(g.fisher_matmul, g.dim, 5, generator=torch.Generator().manual_seed(0), device="cuda")
+    g_cpu = SampleGradients(model.cpu(), x, y, mask)
+    top_cpu, _ = lanczos_top(g_cpu.fisher_matmul, g_cpu.dim, 5, generator=torch.Generator().manual_seed(0))
+    err_eig = float(((top_gpu.cpu() - top_cpu).abs() / top_cpu).max())
+    ok = err < 1e-3 and err_eig < 1e-3
+    failed += not ok
+    print(f"{'ok ' if ok else 'BAD'} CNN Fisher CPU vs CUDA: max rel diff {err:.1e}; top-5 eigenvalues {err_eig:.1e}")
     with tempfile.TemporaryDirectory() as d:  # the out-of-the-box run: offline MNIST sample, device=auto
         row = run(cfg("device=auto", "quiet=true", "plots=false"), d)
         print(f"default run on {row['data_source']}: ACC={row['ACC']:.4f} wall={row['wall_seconds']:.1f}s "
