@@ -36,6 +36,7 @@ class Learner:
         eval_batch_size: int = 4096,
         seed: int = 0,
         on_nan: str = "stop",
+        reset_optimizer: bool = True,
     ):
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -52,6 +53,7 @@ class Learner:
                 )
         self.optimizer_factory = optimizer_factory or (lambda ps: torch.optim.SGD(ps, lr=0.01))
         self.optimizer: torch.optim.Optimizer | None = None
+        self.reset_optimizer = reset_optimizer
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
@@ -70,7 +72,15 @@ class Learner:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def make_optimizer(self) -> None:
-        self.optimizer = self.optimizer_factory(self.trainable_parameters())
+        """A fresh optimiser per task (default), or one kept across tasks (``reset_optimizer=false``: its
+        moments carry over, as in some published protocols), extended by parameters that appeared since."""
+        if self.optimizer is None or self.reset_optimizer:
+            self.optimizer = self.optimizer_factory(self.trainable_parameters())
+            return
+        known = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        new = [p for p in self.trainable_parameters() if id(p) not in known]
+        if new:
+            self.optimizer.add_param_group({"params": new})
 
     def ce(self, logits: Tensor, y: Tensor, task_ids: Tensor, upto: int) -> Tensor:
         """Cross-entropy over each sample's candidate units."""

@@ -129,7 +129,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     T = len(stream)
     model = build(cfg.model, in_shape=stream.in_shape, n_outputs=scenario.n_outputs)
     learner = Learner(model, stream, scenario, method, regularizers, build(cfg.optimizer), device,
-                      int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed), str(cfg.on_nan))
+                      int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed), str(cfg.on_nan),
+                      bool(OmegaConf.select(cfg, "reset_optimizer", default=True)))
 
     if diagnostics.enabled:
         diagnostics.bind(learner)

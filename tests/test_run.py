@@ -142,3 +142,27 @@ def test_diverged_run_exits_non_zero(tmp_path):
     proc = subprocess.run(clrun_cmd(*FAST, "method=ewc", "lam=1e9", "benchmark.n_tasks=2", f"hydra.run.dir={tmp_path}"),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3 and "diverged" in proc.stderr
+
+
+def test_reset_optimizer_false_keeps_one_optimiser_and_adds_new_parameters():
+    import torch
+
+    from clrun.learner import Learner
+    from clrun.methods.pnn import PNN
+    from clrun.models import MLP
+    from clrun.streams import Scenario, split
+
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=20, n_test=5)
+    sc = Scenario("task_il", s)
+    for reset in (True, False):
+        L = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, PNN(hidden=[8]), batch_size=16,
+                    optimizer_factory=lambda ps: torch.optim.Adam(ps, lr=1e-3), reset_optimizer=reset)
+        L.train_task(0, iters=3)
+        first = L.optimizer
+        L.train_task(1, iters=3)
+        assert (L.optimizer is first) is (not reset)
+        in_optimizer = {id(p) for g in L.optimizer.param_groups for p in g["params"]}
+        assert {id(p) for p in L.trainable_parameters()} <= in_optimizer  # the new column is optimised
+        if not reset:  # the one optimiser still holds the first column's Adam state from task 1 (3 steps)
+            steps = [int(L.optimizer.state[p]["step"]) for p in L.model.columns[0].parameters()]
+            assert steps and all(n == 3 for n in steps)
