@@ -80,5 +80,9 @@ if [[ $what == all || $what == papers ]]; then
     checkpoint=false hydra.sweep.dir=$raw/der_seq_mnist
   clrun -m +experiment=vandeven_split_mnist method=naive scenario=task_il data.normalize=false quiet=true \
     plots=false checkpoint=false hydra.sweep.dir=$raw/vandeven_naive_task
+  # and van de Ven's task-IL "None" with one Adam kept across tasks (the remaining candidate for its gap)
+  clrun -m +experiment=vandeven_split_mnist method=naive scenario=task_il reset_optimizer=false quiet=true \
+    plots=false checkpoint=false hydra.sweep.dir=$raw/vandeven_naive_task_keep_adam
   clrun-report $raw/der_seq_mnist $raw/vandeven_naive_task -o $raw --compare-paper | tee $raw/compare_paper.md
+  clrun-report $raw/vandeven_naive_task_keep_adam --compare-paper
 fi
