@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils import parameters_to_vector
 
 from clrun import io
 from clrun.importance import SampleGradients, lanczos_top
@@ -124,7 +125,7 @@ class Diagnostics:
         return grads, loss
 
     def _theta(self) -> Tensor:
-        return torch.cat([p.detach().flatten() for p in self.learner.model.parameters() if p.requires_grad])
+        return parameters_to_vector(self.learner.trainable_parameters()).detach()
 
     # ---- interference
     def before_task(self, task_id: int) -> None:

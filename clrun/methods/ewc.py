@@ -16,9 +16,11 @@ gradients instead."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.nn.utils import parameters_to_vector
 
 from clrun.importance import FISHER_KINDS, SampleGradients, fisher_diag, lanczos_top
 from clrun.methods.base import require
@@ -85,10 +87,21 @@ class EWC(QuadraticPenalty):
                         "unstable along the top eigenvector; lower lam or lr", stiffness, task_id + 1)
 
     def _theta(self) -> Tensor:
-        return torch.cat([p.detach().flatten() for p in self._trainable()])
+        return parameters_to_vector(self.learner.trainable_parameters()).detach()
 
-    def _trainable(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.learner.model.parameters() if p.requires_grad]
+    def _lowrank_direction(self, theta: Tensor, scale: Callable[[Tensor], Tensor]) -> Tensor:
+        """sum over tasks of V (scale(l) * V^T (theta - theta*)): the gradient direction (scale = identity) or
+        the proximal step (scale = shrink factors) of the low-rank term."""
+        out = torch.zeros_like(theta)
+        for evals, vecs, anchor in self.eigen:
+            out += vecs @ (scale(evals) * (vecs.T @ (theta - anchor)))
+        return out
+
+    def _add_to(self, tensors: list[Tensor], flat: Tensor, alpha: float) -> None:
+        at = 0
+        for t in tensors:
+            t.add_(flat[at : at + t.numel()].view_as(t), alpha=alpha)
+            at += t.numel()
 
     def value(self) -> Tensor:
         total = super().value()
@@ -102,32 +115,21 @@ class EWC(QuadraticPenalty):
         super().after_backward()
         if not self.eigen or self.lam == 0 or self.lowrank_step != "explicit":
             return
-        theta = self._theta()
-        grad = torch.zeros_like(theta)
-        for evals, vecs, anchor in self.eigen:  # d/dtheta (lam/2) sum_i l_i (v_i . d)^2 = lam V (l * V^T d)
-            grad += vecs @ (evals * (vecs.T @ (theta - anchor)))
-        at = 0
-        for p in self._trainable():
-            n = p.numel()
+        params = self.learner.trainable_parameters()
+        for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            p.grad.add_(grad[at : at + n].view_as(p), alpha=self.lam)
-            at += n
+        # d/dtheta (lam/2) sum_i l_i (v_i . d)^2 = lam V (l * V^T d)
+        self._add_to([p.grad for p in params], self._lowrank_direction(self._theta(), lambda ev: ev), self.lam)
 
     def after_step(self) -> None:
         if not self.eigen or self.lam == 0 or self.lowrank_step != "implicit":
             return
-        lr = float(self.learner.optimizer.param_groups[0]["lr"])
-        theta = self._theta()
-        for evals, vecs, anchor in self.eigen:  # one proximal step per task's eigenbasis
-            shrink = lr * self.lam * evals / (1 + lr * self.lam * evals)
-            theta -= vecs @ (shrink * (vecs.T @ (theta - anchor)))
-        at = 0
+        c = float(self.learner.optimizer.param_groups[0]["lr"]) * self.lam
+        # one proximal step per task's eigenbasis: each component shrinks by 1 / (1 + lr lam l_i)
+        step = self._lowrank_direction(self._theta(), lambda ev: c * ev / (1 + c * ev))
         with torch.no_grad():
-            for p in self._trainable():
-                n = p.numel()
-                p.copy_(theta[at : at + n].view_as(p))
-                at += n
+            self._add_to(self.learner.trainable_parameters(), step, -1.0)
 
     def extra_metrics(self) -> dict:
         row = super().extra_metrics()
