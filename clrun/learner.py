@@ -84,7 +84,7 @@ class Learner:
 
     def ce(self, logits: Tensor, y: Tensor, task_ids: Tensor, upto: int) -> Tensor:
         """Cross-entropy over each sample's candidate units."""
-        return F.cross_entropy(self.scenario.masked(logits, task_ids, upto), y)
+        return F.cross_entropy(self.scenario.train_masked(logits, task_ids, upto), y)
 
     def penalty(self, batch: Batch, logits: Tensor) -> Tensor | float:
         total: Tensor | float = 0.0

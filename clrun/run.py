@@ -124,7 +124,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     diagnostics = Diagnostics(out_dir, **OmegaConf.to_container(cfg.get("diagnostics") or {}))
     stream = build(cfg.benchmark, data_root=cfg.data.root, download=cfg.data.download,
                    normalize=bool(OmegaConf.select(cfg, "data.normalize", default=True)))
-    scenario = Scenario(str(cfg.scenario.name), stream)
+    scenario = Scenario(str(cfg.scenario.name), stream, str(cfg.scenario.get("train_units", "seen")))
     stream.to(device)
     T = len(stream)
     model = build(cfg.model, in_shape=stream.in_shape, n_outputs=scenario.n_outputs)

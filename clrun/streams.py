@@ -82,10 +82,15 @@ class Stream:
 class Scenario:
     """Maps local labels to output units and gives the candidate-unit mask for any (task ids, seen-so-far)."""
 
-    def __init__(self, name: str, stream: Stream):
+    def __init__(self, name: str, stream: Stream, train_units: str = "seen"):
         if name not in SCENARIOS:
             raise ConfigError(f"scenario={name!r} is unknown; allowed: {', '.join(SCENARIOS)}")
+        if train_units not in ("seen", "all") or (train_units == "all" and name != "class_il"):
+            raise ConfigError(f"scenario.train_units={train_units!r} is not allowed for {name}: class_il takes "
+                              "'seen' (the loss spans the classes seen so far) or 'all' (the whole head, as in "
+                              "mammoth); other scenarios take 'seen'")
         self.name = name
+        self.train_units = train_units
         sizes = [t.n_classes for t in stream.tasks]
         if name == "domain_il":
             self.offsets = [0] * len(sizes)
@@ -137,6 +142,11 @@ class Scenario:
         if m is None:
             return logits
         return logits.masked_fill(~m, torch.finfo(logits.dtype).min / 2)
+
+    def train_masked(self, logits: Tensor, task_ids: Tensor, upto: int) -> Tensor:
+        """The logits the training loss sees: :meth:`masked`, or the whole class-IL head with train_units=all
+        (not-yet-seen classes are pushed down from the first task, as in mammoth)."""
+        return logits if self.train_units == "all" else self.masked(logits, task_ids, upto)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -216,14 +226,22 @@ def _train_subset(x: Tensor, y: Tensor, n: int | None, seed: int, task_id: int) 
     return x[idx], y[idx]
 
 
+def _pad(x: Tensor, pad: int) -> Tensor:
+    """``x`` with ``pad`` pixels of background (the image minimum) on every side (MNIST 28x28 -> 32x32)."""
+    if not isinstance(pad, int) or pad < 0:
+        raise ConfigError(f"benchmark.pad={pad!r} must be a non-negative integer")
+    return F.pad(x, (pad, pad, pad, pad), value=float(x.amin())) if pad else x
+
+
 def permuted(dataset: str = "mnist", n_tasks: int = 10, stream_seed: int = 0, val_fraction: float = 0.0,
              data_root: str | None = None, download: bool = True, normalize: bool = True, name: str | None = None,
-             train_per_task: int | None = None, **dataset_kwargs) -> Stream:
+             train_per_task: int | None = None, pad: int = 0, **dataset_kwargs) -> Stream:
     """Each task is the whole dataset (or ``train_per_task`` samples of it) under a fixed pixel permutation;
-    task 1 is the identity."""
+    task 1 is the identity. ``pad`` pads the images first, so the permutation also scatters the border."""
     _check_n_tasks(n_tasks, 1, 10_000, "permuted streams")
     ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs, normalize)
     x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
+    x, ex = _pad(x, pad), _pad(ex, pad)
     n_pix = math.prod(x.shape[1:])
     g = torch.Generator().manual_seed(stream_seed)
     classes = list(range(ds.n_classes))
@@ -252,12 +270,18 @@ def _rotate(x: Tensor, degrees: float, chunk: int = 8192) -> Tensor:
 
 
 def rotated(dataset: str = "mnist", n_tasks: int = 5, angles: list[float] | None = None, max_angle: float = 180.0,
-            stream_seed: int = 0, val_fraction: float = 0.0, data_root: str | None = None,
-            download: bool = True, normalize: bool = True, name: str | None = None,
+            random_angles: bool = False, stream_seed: int = 0, val_fraction: float = 0.0,
+            data_root: str | None = None, download: bool = True, normalize: bool = True, name: str | None = None,
             train_per_task: int | None = None, **dataset_kwargs) -> Stream:
-    """Each task rotates the whole dataset (or ``train_per_task`` samples of it) by a fixed angle (``angles``,
-    or evenly spaced in [0, max_angle))."""
+    """Each task rotates the whole dataset (or ``train_per_task`` samples of it) by a fixed angle: ``angles``,
+    or evenly spaced in [0, max_angle), or with ``random_angles`` drawn uniformly in [0, max_angle) from
+    ``stream_seed`` (DER's R-MNIST)."""
     _check_n_tasks(n_tasks, 1, 1000, "rotated streams")
+    if angles and random_angles:
+        raise ConfigError("benchmark.angles and benchmark.random_angles=true both set the angles: pick one")
+    if random_angles:
+        g = torch.Generator().manual_seed(stream_seed)
+        angles = (torch.rand(n_tasks, generator=g, dtype=torch.float64) * max_angle).tolist()
     angles = list(angles) if angles else [i * max_angle / n_tasks for i in range(n_tasks)]
     if len(angles) != n_tasks:
         raise ConfigError(f"benchmark.angles has {len(angles)} entries but benchmark.n_tasks={n_tasks}")

@@ -33,7 +33,9 @@ def _sweep_cells(preset: str) -> list[list[str]]:
 
 
 def test_there_are_presets():
-    assert {"der_seq_mnist", "der_seq_mnist_base", "vandeven_split_mnist", "vandeven_split_mnist_icarl"} <= set(PRESETS)
+    assert {"der_seq_mnist", "der_seq_mnist_base", "der_perm_mnist", "der_perm_mnist_base", "der_rot_mnist",
+            "der_rot_mnist_base", "vandeven_split_mnist", "vandeven_split_mnist_icarl", "vandeven_perm_mnist",
+            "vandeven_perm_mnist_icarl", "gem_mnist_perm", "gem_mnist_rot", "agem_perm_mnist"} <= set(PRESETS)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -61,6 +63,15 @@ def test_protocol_specific_settings_reach_the_method():
     assert der.batch_size == 10 and list(der.model.hidden) == [100, 100] and der.benchmark.fixed_class_order
     ewc = make_cfg("+experiment=vandeven_split_mnist", "method=ewc", "scenario=class_il")
     assert ewc.method.lam == 1e9 and ewc.optimizer._target_ == "torch.optim.Adam" and ewc.iters == 2000
+    # the published input (raw pixels) and, for mammoth's class-IL, the whole head in the loss
+    assert not der.data.normalize and der.scenario.train_units == "all" and ewc.scenario.train_units == "seen"
+    perm = make_cfg("+experiment=der_perm_mnist", "method=derpp", "buffer=5120")
+    assert (perm.lr, perm.method.alpha, perm.method.beta, perm.benchmark.n_tasks) == (0.2, 0.5, 1.0, 20)
+    rot = make_cfg("+experiment=der_rot_mnist", "method=agem", "buffer=500")
+    assert rot.lr == 0.3 and rot.benchmark.random_angles and rot.scenario.name == "domain_il"
+    vdv = make_cfg("+experiment=vandeven_perm_mnist", "method=si", "scenario=class_il")
+    assert (vdv.benchmark.pad, vdv.benchmark.n_tasks, vdv.iters, vdv.lr, vdv.method.lam) == (2, 10, 5000, 1e-4, 5)
+    assert list(vdv.model.hidden) == [1000, 1000] and not vdv.reset_optimizer and not vdv.data.normalize
     # the command line still wins over a preset
     assert make_cfg("+experiment=der_seq_mnist", "method=er", "buffer=200", "lr=0.5").lr == 0.5
     # no preset: no protocol, and clrun's own defaults

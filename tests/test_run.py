@@ -166,3 +166,30 @@ def test_reset_optimizer_false_keeps_one_optimiser_and_adds_new_parameters():
         if not reset:  # the one optimiser still holds the first column's Adam state from task 1 (3 steps)
             steps = [int(L.optimizer.state[p]["step"]) for p in L.model.columns[0].parameters()]
             assert steps and all(n == 3 for n in steps)
+
+
+def test_class_il_train_units_all_trains_the_whole_head_from_the_first_task():
+    import torch
+
+    from clrun.learner import Learner
+    from clrun.methods.naive import Naive
+    from clrun.models import MLP
+    from clrun.streams import Scenario, split
+
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=20, n_test=5)
+    moved = {}
+    for units in ("seen", "all"):
+        torch.manual_seed(0)
+        sc = Scenario("class_il", s, train_units=units)
+        model = MLP((1, 4, 4), sc.n_outputs, hidden=[8])
+        head = list(model.parameters())[-1]  # output bias: one entry per class
+        before = head.detach().clone()
+        L = Learner(model, s, sc, Naive(), batch_size=16, optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=0.5))
+        L.train_task(0, iters=5)
+        moved[units] = (head.detach() - before).abs()[2:]  # the units of tasks 2-5, not seen yet
+    assert torch.all(moved["seen"] == 0)  # masked out of the loss: untouched
+    assert torch.all(moved["all"] > 0)  # the whole head: unseen classes are pushed down already
+    with pytest.raises(ConfigError, match="train_units"):
+        Scenario("task_il", s, train_units="all")
+    with pytest.raises(ConfigError, match="train_units"):
+        Scenario("class_il", s, train_units="some")

@@ -60,6 +60,28 @@ def test_rotated_tasks_rotate_and_keep_labels():
         streams.rotated(n_tasks=2, angles=[0, 10, 20], **SYN)
 
 
+def test_permuted_pad_grows_the_image_and_the_permutation_covers_it():
+    s = streams.permuted(n_tasks=2, pad=2, **SYN)
+    assert s.in_shape == (1, 8, 8) and s.tasks[0].train_x.shape[1:] == (1, 8, 8)
+    x = s.tasks[0].train_x
+    assert torch.equal(x[:, :, 2:6, 2:6], streams.permuted(n_tasks=1, **SYN).tasks[0].train_x)
+    assert (x[:, :, :2] == x.amin()).all() and (x[:, :, :, -2:] == x.amin()).all()  # background border
+    assert sorted(s.tasks[1].perm.tolist()) == list(range(64))
+    with pytest.raises(ConfigError, match="pad"):
+        streams.permuted(n_tasks=2, pad=-1, **SYN)
+
+
+def test_random_angles_are_drawn_per_stream_seed_within_range():
+    def angles(seed: int) -> list[float]:
+        return streams.rotated(n_tasks=6, random_angles=True, max_angle=180, stream_seed=seed, **SYN).meta["angles"]
+
+    a = angles(0)
+    assert len(a) == 6 and all(0 <= x < 180 for x in a) and len(set(a)) == 6
+    assert a == angles(0) and a != angles(1)  # a seed reproduces its stream, another seed draws anew
+    with pytest.raises(ConfigError, match="random_angles"):
+        streams.rotated(n_tasks=2, angles=[0, 10], random_angles=True, **SYN)
+
+
 def test_domains_is_clean_rotated_noisy():
     s = streams.domains(**SYN)
     assert [t.name.split("rot")[0] or "rot" for t in s.tasks] == ["clean", "rot", "noisy"]
