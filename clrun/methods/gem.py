@@ -17,15 +17,15 @@ from clrun.methods.replay import ReplayMethod
 def gem_project(g: Tensor, G: Tensor, margin: float = 0.5, eps: float = 1e-8) -> Tensor:
     """Project ``g`` [P] so that g~.g_k >= 0 for every row g_k of ``G`` [K, P] (GEM's dual QP, as published,
     except that the ridge keeping the QP strictly convex is relative, eps * mean(diag GG'): GEM's absolute
-    1e-3 lets g~.g_k go negative by 1e-3 * v_k on large gradients)."""
-    mem = G.detach().cpu().double().numpy()
-    grad = g.detach().cpu().double().numpy()
-    k = mem.shape[0]
-    P = mem @ mem.T
+    1e-3 lets g~.g_k go negative by 1e-3 * v_k on large gradients). Only the K x K Gram matrix and the K
+    products G g leave the device for the QP solver; g~ = g + G'v is formed where g lives."""
+    G, g = G.detach(), g.detach()
+    k = G.shape[0]
+    P = (G @ G.T).double().cpu().numpy()
     P = 0.5 * (P + P.T) + np.eye(k) * (eps * max(np.trace(P) / k, 1e-30))
-    q = -(mem @ grad)
+    q = -(G @ g).double().cpu().numpy()
     v = quadprog.solve_qp(P, q, np.eye(k), np.zeros(k) + margin)[0]
-    return torch.from_numpy(v @ mem + grad).to(g.dtype).to(g.device)
+    return g + torch.from_numpy(v).to(G) @ G
 
 
 class GEM(ReplayMethod):
