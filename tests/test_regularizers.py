@@ -214,6 +214,34 @@ def test_lwf_loss_is_zero_when_the_model_equals_its_snapshot(scenario):
     assert lwf.penalty(batch, moved(x)).item() > 1e-3
 
 
+@pytest.mark.parametrize("scenario", ["task_il", "class_il"])
+def test_lwf_by_task_weighting_is_one_over_t_ce_plus_the_rest_kd(scenario):
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=10, n_test=2)
+    sc = Scenario(scenario, s)
+    losses = {}
+    for weighting in ("constant", "by_task"):
+        torch.manual_seed(0)
+        lwf = LwF(alpha=1.0, temperature=2.0, weighting=weighting)
+        L = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, lwf)
+        L.make_optimizer()
+        for t in range(3):  # snapshots after tasks 0, 1 and 2: the batch below is task t = 4 of the paper's 1..T
+            lwf.after_task(t)
+        with torch.no_grad():  # move the model off its snapshot so that KD > 0
+            L.model.head.weight.add_(0.5 * torch.randn_like(L.model.head.weight))
+        x, y, ids = L.task_sample(3, 8)
+        batch = Batch(x, y, ids, 3)
+        logits = L.model(x)
+        ce = L.ce(logits, y, ids, 3).item()
+        losses[weighting] = (lwf.train_step(batch)[0].item(), ce)
+    const_loss, ce = losses["constant"]
+    kd_constant = const_loss - ce  # CE + KD summed over old heads
+    n_groups = 3 if scenario == "task_il" else 1
+    expected = ce / 4 + (3 / 4) * kd_constant / n_groups
+    assert losses["by_task"][0] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="weighting"):
+        LwF(weighting="sometimes")
+
+
 def test_si_and_lwf_and_ewc_work_through_the_learner_loop(tmp_path):
     row = run(make_cfg(*FAST, "method=naive",
                        "+regularizers=[ewc,si,lwf]", "lam=1", "benchmark.n_tasks=2"), tmp_path)

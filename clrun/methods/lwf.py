@@ -1,6 +1,9 @@
 """Learning without Forgetting (Li & Hoiem 2017): distil the previous model's outputs on the new data,
 alpha * T^2 * KL(softmax(z_old/T) || softmax(z_new/T)). Task-IL distils each old task's head; class-IL and
-domain-IL distil the shared head's previously seen units."""
+domain-IL distil the shared head's previously seen units.
+
+``weighting=by_task`` is van de Ven & Tolias's form: at task t the loss is (1/t) CE + (1 - 1/t) KD, with KD
+averaged over the old heads."""
 
 from __future__ import annotations
 
@@ -14,11 +17,14 @@ from clrun.methods.base import Batch, Method, require
 
 
 class LwF(Method):
-    def __init__(self, alpha: float = 1.0, temperature: float = 2.0):
+    def __init__(self, alpha: float = 1.0, temperature: float = 2.0, weighting: str = "constant"):
         require(alpha >= 0, f"method.alpha={alpha!r} must be >= 0")
         require(temperature > 0, f"method.temperature={temperature!r} must be > 0")
+        require(weighting in ("constant", "by_task"), f"method.weighting={weighting!r} is not allowed; use "
+                "constant (CE + alpha KD) or by_task ((1/t) CE + (1 - 1/t) alpha KD, van de Ven & Tolias)")
         self.lam = self.alpha = float(alpha)
         self.temperature = float(temperature)
+        self.weighting = weighting
         self.old_model: torch.nn.Module | None = None
         self.old_tasks = 0
 
@@ -42,11 +48,26 @@ class LwF(Method):
             old_logits = self.old_model(batch.x)
         T = self.temperature
         total = logits.new_zeros(())
-        for units in self.unit_groups():
+        groups = self.unit_groups()
+        for units in groups:
             p_old = F.log_softmax(old_logits[:, units] / T, dim=1)
             p_new = F.log_softmax(logits[:, units] / T, dim=1)
             total = total + F.kl_div(p_new, p_old, log_target=True, reduction="batchmean")
+        if self.weighting == "by_task":  # (t - 1) x the mean over old heads; train_step then scales all by 1/t
+            total = total * self.old_tasks / len(groups)
         return self.alpha * T * T * total
+
+    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        if self.weighting == "constant" or self.old_model is None:
+            return super().train_step(batch)
+        L = self.learner
+        L.optimizer.zero_grad(set_to_none=True)
+        loss, logits = L.objective(batch)
+        loss = loss / (self.old_tasks + 1)  # (1/t) CE + (1 - 1/t) KD (a stacked regulariser is scaled too)
+        loss.backward()
+        L.after_backward()
+        L.optimizer.step()
+        return loss.detach(), logits.detach()
 
     def extra_metrics(self) -> dict:
         return {"snapshot_bytes": sum(p.nbytes for p in self.old_model.parameters()) if self.old_model else 0}
