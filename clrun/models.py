@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from clrun.streams import ConfigError
+
 
 class Backbone(nn.Module):
     features: nn.Module
@@ -21,8 +23,11 @@ class Backbone(nn.Module):
 class MLP(Backbone):
     """Fully connected ReLU network on flattened inputs (the MNIST workhorse: 784-400-400-10 etc.)."""
 
-    def __init__(self, in_shape: tuple[int, ...], n_outputs: int, hidden: list[int] = (400, 400)):
+    def __init__(self, in_shape: tuple[int, ...], n_outputs: int, hidden: list[int] = (400, 400),
+                 init: str = "torch"):
         super().__init__()
+        if init not in ("torch", "xavier"):
+            raise ConfigError(f"model.init={init!r} is not allowed; use torch (PyTorch's default) or xavier")
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(in_shape)
         for h in hidden:
@@ -31,6 +36,11 @@ class MLP(Backbone):
         self.features = nn.Sequential(*layers)
         self.feature_dim = width
         self.head = nn.Linear(width, n_outputs)
+        if init == "xavier":  # mammoth's MNISTMLP: Xavier-uniform weights, zero biases (2-3x PyTorch's scale)
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    nn.init.zeros_(m.bias)
 
 
 class CNN(Backbone):

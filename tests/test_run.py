@@ -193,3 +193,23 @@ def test_class_il_train_units_all_trains_the_whole_head_from_the_first_task():
         Scenario("task_il", s, train_units="all")
     with pytest.raises(ConfigError, match="train_units"):
         Scenario("class_il", s, train_units="some")
+
+
+def test_mlp_xavier_init_is_mammoths_scale_with_zero_biases():
+    import math
+
+    import torch
+
+    from clrun.models import MLP
+
+    torch.manual_seed(0)
+    xavier, default = MLP((1, 28, 28), 10, [100, 100], init="xavier"), MLP((1, 28, 28), 10, [100, 100])
+    for (fan_out, fan_in), layer in [((100, 784), 1), ((100, 100), 3)]:
+        w = xavier.features[layer].weight.detach()
+        bound = math.sqrt(6 / (fan_in + fan_out))  # U(-a, a), a = sqrt(3) * sqrt(2 / (fan_in + fan_out))
+        assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+        assert w.std() > 1.5 * default.features[layer].weight.detach().std()  # larger than PyTorch's default
+        assert torch.all(xavier.features[layer].bias == 0)
+    assert torch.all(xavier.head.bias == 0)
+    with pytest.raises(ConfigError, match="model.init"):
+        MLP((1, 28, 28), 10, init="orthogonal")
