@@ -138,3 +138,17 @@ def test_supsup_task_inference_modes_pick_their_scenarios(tmp_path):
         run(make_cfg(*FAST, "method=supsup", "method.task_inference=oneshot", "scenario=task_il"), tmp_path)
     with pytest.raises(ConfigError, match="task_inference='guess'"):
         run(make_cfg(*FAST, "method=supsup", "method.task_inference=guess"), tmp_path)
+
+
+def test_top_mask_keeps_exactly_the_largest_fraction_even_with_ties():
+    from clrun.methods.supsup import top_mask
+
+    torch.manual_seed(0)
+    scores = torch.randn(40, 25)
+    mask = top_mask(scores, 0.3)
+    assert int(mask.sum()) == 300 and mask.shape == scores.shape
+    assert scores[mask].min() > scores[~mask].max()  # the kept ones are the largest
+    tied = torch.zeros(10, 10)
+    tied[0, :5] = 1.0  # 5 ones, 95 zeros: the 20 kept must be the 5 ones and 15 of the tied zeros
+    mask = top_mask(tied, 0.2)
+    assert int(mask.sum()) == 20 and bool(mask[0, :5].all())

@@ -19,10 +19,15 @@ from clrun.methods.base import Method, require
 
 def top_mask(scores: Tensor, keep: float) -> Tensor:
     """Bool mask of the ``keep`` fraction of entries with the largest scores."""
-    k = max(1, int(round(keep * scores.numel())))
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    mask[scores.flatten().topk(k).indices] = True
-    return mask.view_as(scores)
+    n = scores.numel()
+    k = max(1, int(round(keep * n)))
+    # a selection (kthvalue) instead of topk: with k ~ n/2 topk is a partial sort, 3x slower per forward
+    mask = scores >= scores.flatten().kthvalue(n - k + 1).values
+    if int(mask.sum()) != k:  # ties at the threshold: fall back to exactly k by index
+        mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
+        mask[scores.flatten().topk(k).indices] = True
+        mask = mask.view_as(scores)
+    return mask
 
 
 def entropy(logits: Tensor) -> Tensor:
