@@ -3,6 +3,7 @@ evaluate every task after every task, and write R.csv, metrics.csv and log.csv i
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -100,6 +101,15 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     Returns the metrics row. Works without Hydra globals, so tests and notebooks can call it directly.
     With ``resume=true`` a run continues after the last task checkpointed in ``out_dir``; a run already
     completed there is not redone."""
+    try:
+        return _run(cfg, out_dir)
+    finally:
+        # learner <-> method references form cycles: without a collection here a sweep's next job builds its
+        # stream while the last one's is still alive (R-MNIST: 5 GB a stream, peak RSS 10 GB from job 2 on)
+        gc.collect()
+
+
+def _run(cfg: DictConfig, out_dir: str | Path) -> dict:
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -213,3 +213,18 @@ def test_mlp_xavier_init_is_mammoths_scale_with_zero_biases():
     assert torch.all(xavier.head.bias == 0)
     with pytest.raises(ConfigError, match="model.init"):
         MLP((1, 28, 28), 10, init="orthogonal")
+
+
+def test_a_finished_run_leaves_no_stream_behind(tmp_path):
+    # a sweep runs job after job in one process: the last job's tensors must be gone before the next builds its own
+    import gc
+
+    from clrun.streams import Stream
+
+    gc.disable()  # only run() itself may collect: the automatic collector must not do it for us
+    try:
+        run(make_cfg(*FAST), tmp_path / "a")
+        alive = [o for o in gc.get_objects() if isinstance(o, Stream)]
+    finally:
+        gc.enable()
+    assert alive == []
