@@ -224,7 +224,7 @@ def test_a_finished_run_leaves_no_stream_behind(tmp_path):
     gc.disable()  # only run() itself may collect: the automatic collector must not do it for us
     try:
         run(make_cfg(*FAST), tmp_path / "a")
-        alive = [o for o in gc.get_objects() if isinstance(o, Stream)]
+        alive = [o for o in gc.get_objects() if type(o) is Stream]
     finally:
         gc.enable()
     assert alive == []
