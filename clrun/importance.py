@@ -322,14 +322,15 @@ def _linear_factors(model: nn.Module, layers: dict[str, nn.Linear], x: Tensor,
     """{layer: (inputs a [N, in], per-sample output gradients d [N, out])} from one backward pass, or None when
     a layer is used twice or on sequences (the factorisation would not hold)."""
     acts: dict[str, Tensor] = {}
-    deltas: dict[str, Tensor] = {}
+    outputs: dict[str, Tensor] = {}
     calls: dict[str, int] = {}
 
     def on_forward(name):
         def hook(module, inputs, output):
             acts[name] = inputs[0].detach()
             calls[name] = calls.get(name, 0) + 1
-            output.register_hook(lambda grad: deltas.__setitem__(name, grad.detach()))  # d(sum loss)/d output
+            if output.requires_grad:
+                outputs[name] = output
         return hook
 
     handles = [m.register_forward_hook(on_forward(n)) for n, m in layers.items()]
@@ -337,14 +338,17 @@ def _linear_factors(model: nn.Module, layers: dict[str, nn.Linear], x: Tensor,
         with torch.enable_grad():
             logits = model(x)
             losses = vmap(sample_loss)(logits, *extras)  # one loss per sample: rows of delta stay per-sample
-            params = [p for p in model.parameters() if p.requires_grad]
-            torch.autograd.grad(losses.sum(), params)
+            # d(sum loss)/d(each layer's output) only: asking for the parameters' gradients instead would also
+            # run every weight-gradient matmul, the same arithmetic the caller then does with the factors
+            names = list(outputs)
+            grads = torch.autograd.grad(losses.sum(), [outputs[n] for n in names]) if names else ()
     finally:
         for h in handles:
             h.remove()
+    deltas = {n: g.detach() for n, g in zip(names, grads)}
     if any(calls.get(n, 0) != 1 or acts[n].dim() != 2 for n in layers if n in calls):
         return None
-    return {n: (acts[n], deltas[n]) for n in layers if n in acts}
+    return {n: (acts[n], deltas[n]) for n in layers if n in deltas}
 
 
 def lanczos_top(matmul: Callable[[Tensor], Tensor], dim: int, k: int, steps: int | None = None,
