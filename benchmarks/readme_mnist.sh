@@ -73,8 +73,9 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=vandeven_split_mnist scenario=class_il $o hydra.sweep.dir=$r/vandeven_split_mnist_b
   clrun -m +experiment=der_seq_mnist_base $o hydra.sweep.dir=$r/der_seq_mnist_base
   clrun -m +experiment=der_seq_mnist $o hydra.sweep.dir=$r/der_seq_mnist
-  # the DER table's third column; GEM is left out there: 3 min a run at buffer 500, its cost grows with the memory
+  # the DER table's third column
   clrun -m +experiment=der_seq_mnist buffer=5120 method=er,agem,icarl,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist_5120
+  clrun -m +experiment=der_seq_mnist buffer=5120 method=gem seed=0,1,2 $o hydra.sweep.dir=$r/der_seq_mnist_5120_gem
   # P-MNIST and R-MNIST: 20 tasks; joint (10x the training of one run) and GEM are left out for time
   clrun -m +experiment=der_perm_mnist_base method=naive,online_ewc,si $o hydra.sweep.dir=$r/der_perm_mnist_base
   clrun -m +experiment=der_perm_mnist method=er,der,derpp,agem $o hydra.sweep.dir=$r/der_perm_mnist
