@@ -76,9 +76,11 @@ if [[ $what == all || $what == papers ]]; then
   # the DER table's third column
   clrun -m +experiment=der_seq_mnist buffer=5120 method=er,agem,icarl,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist_5120
   clrun -m +experiment=der_seq_mnist buffer=5120 method=gem seed=0,1,2 $o hydra.sweep.dir=$r/der_seq_mnist_5120_gem
-  # P-MNIST and R-MNIST: 20 tasks; joint (10x the training of one run) and GEM are left out for time
+  # P-MNIST and R-MNIST: 20 tasks; joint (10x the training of one run) and R-MNIST's GEM are left out for time
   clrun -m +experiment=der_perm_mnist_base method=naive,online_ewc,si $o hydra.sweep.dir=$r/der_perm_mnist_base
   clrun -m +experiment=der_perm_mnist method=er,der,derpp,agem $o hydra.sweep.dir=$r/der_perm_mnist
+  clrun -m +experiment=der_perm_mnist method=gem buffer=200 $o hydra.sweep.dir=$r/der_perm_mnist_gem200
+  clrun -m +experiment=der_perm_mnist method=gem buffer=500 $o hydra.sweep.dir=$r/der_perm_mnist_gem500
   clrun -m +experiment=der_rot_mnist_base method=naive,online_ewc,si $o hydra.sweep.dir=$r/der_rot_mnist_base
   clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem $o hydra.sweep.dir=$r/der_rot_mnist
   clrun-report "$r"/*/ -o $r --compare-paper | tee $r/compare_paper.md
