@@ -72,10 +72,15 @@ class Method:
         L = self.learner
         L.optimizer.zero_grad(set_to_none=True)
         loss, logits = L.objective(batch)
+        loss = loss * self.loss_scale()
         loss.backward()
         L.after_backward()
         L.optimizer.step()
         return loss.detach(), logits.detach()
+
+    def loss_scale(self) -> float:
+        """Factor on the whole objective of a step (methods that weigh CE against their penalty per task)."""
+        return 1.0
 
     def penalty(self, batch: Batch, logits: Tensor) -> Tensor | None:
         """Extra loss added to the objective (regularisers)."""

@@ -53,21 +53,14 @@ class LwF(Method):
             p_old = F.log_softmax(old_logits[:, units] / T, dim=1)
             p_new = F.log_softmax(logits[:, units] / T, dim=1)
             total = total + F.kl_div(p_new, p_old, log_target=True, reduction="batchmean")
-        if self.weighting == "by_task":  # (t - 1) x the mean over old heads; train_step then scales all by 1/t
+        if self.weighting == "by_task":  # (t - 1) x the mean over old heads; loss_scale then takes 1/t
             total = total * self.old_tasks / len(groups)
         return self.alpha * T * T * total
 
-    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        if self.weighting == "constant" or self.old_model is None:
-            return super().train_step(batch)
-        L = self.learner
-        L.optimizer.zero_grad(set_to_none=True)
-        loss, logits = L.objective(batch)
-        loss = loss / (self.old_tasks + 1)  # (1/t) CE + (1 - 1/t) KD (a stacked regulariser is scaled too)
-        loss.backward()
-        L.after_backward()
-        L.optimizer.step()
-        return loss.detach(), logits.detach()
+    def loss_scale(self) -> float:
+        # by_task: the penalty carries (t - 1) x KD, so 1/t of the whole is (1/t) CE + (1 - 1/t) KD
+        # (a stacked regulariser is scaled too)
+        return 1.0 / (self.old_tasks + 1) if self.weighting == "by_task" else 1.0
 
     def extra_metrics(self) -> dict:
         return {"snapshot_bytes": sum(p.nbytes for p in self.old_model.parameters()) if self.old_model else 0}
