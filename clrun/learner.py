@@ -120,7 +120,7 @@ class Learner:
         task = self.stream.tasks[task_id]
         n = len(y_all)
         steps_per_epoch = -(-n // self.batch_size)
-        total = iters if iters is not None else epochs * steps_per_epoch
+        total = 0 if n == 0 else iters if iters is not None else epochs * steps_per_epoch  # n=0: nothing to train
         tick = progress(total) if progress else None
         rows, step, epoch = [], 0, 0
         single_task = bool((ids_all == task_id).all())  # once per task, not a host sync per step

@@ -126,7 +126,8 @@ def _protocol(job_dir: str) -> dict:
 def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per published cell that has completed runs: the paper's ACC (%) and spread next to clrun's mean
     and std over seeds, the difference, and whether it lies within the paper's standard deviation (a published
-    SEM is turned into a std with the paper's number of runs)."""
+    SEM is turned into a std with the paper's number of runs). Cells that publish forgetting (a fraction, as in
+    A-GEM's F_T) also get the paper's and clrun's forgetting; the others NaN."""
     done = summary[summary.status == "completed"]
     protocols = {row.job_dir: _protocol(row.job_dir) for row in done.itertuples()}
     rows = []
@@ -153,18 +154,28 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
                          "paper_spread": f"{cell['spread']} ({kind})", "paper_std": paper_std,
                          "clrun_ACC": acc.mean(), "clrun_std": acc.std(ddof=1) if len(acc) > 1 else math.nan,
                          "n": len(acc), "diff": diff, "within_paper_std": abs(diff) <= paper_std,
+                         "paper_forgetting": cell.get("forgetting", math.nan),
+                         "paper_forgetting_spread": cell.get("forgetting_spread", math.nan),
+                         "clrun_forgetting": sel.forgetting.mean() if "forgetting" in cell else math.nan,
+                         "clrun_forgetting_std": (sel.forgetting.std(ddof=1) if "forgetting" in cell and len(sel) > 1
+                                                  else math.nan),
                          "minutes_per_run": sel.wall_seconds.mean() / 60})
     return pd.DataFrame(rows)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
     """The comparison as a README-ready table."""
-    lines = ["| protocol | method | scenario | buffer | paper | clrun (mean ± std, n) | diff | within | min/run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| protocol | method | scenario | buffer | paper | clrun (mean ± std, n) | diff | within "
+             "| forgetting: paper / clrun | min/run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in frame.itertuples():
+        fgt = "–"
+        if not math.isnan(getattr(r, "paper_forgetting", math.nan)):
+            fgt = (f"{r.paper_forgetting:.2f} ± {r.paper_forgetting_spread:.3f} / "
+                   f"{r.clrun_forgetting:.3f} ± {r.clrun_forgetting_std:.3f}")
         lines.append(f"| {r.protocol} | {r.method} | {r.scenario} | {r.buffer} | {r.paper_ACC:.2f} ± {r.paper_spread} "
                      f"| {r.clrun_ACC:.2f} ± {r.clrun_std:.2f} ({r.n}) | {r.diff:+.2f} | "
-                     f"{'yes' if r.within_paper_std else '**no**'} | {r.minutes_per_run:.1f} |")
+                     f"{'yes' if r.within_paper_std else '**no**'} | {fgt} | {r.minutes_per_run:.1f} |")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from clrun.app import CONF_DIR
 from clrun.methods.base import Method
-from clrun.report import collect, compare_paper, report_main
+from clrun.report import collect, compare_paper, markdown_table, report_main
 from clrun.run import build, run
 from tests.conftest import clrun_cmd, make_cfg
 
@@ -72,6 +72,9 @@ def test_protocol_specific_settings_reach_the_method():
     vdv = make_cfg("+experiment=vandeven_perm_mnist", "method=si", "scenario=class_il")
     assert (vdv.benchmark.pad, vdv.benchmark.n_tasks, vdv.iters, vdv.lr, vdv.method.lam) == (2, 10, 5000, 1e-4, 5)
     assert list(vdv.model.hidden) == [1000, 1000] and not vdv.reset_optimizer and not vdv.data.normalize
+    agem = make_cfg("+experiment=agem_perm_mnist", "method=agem")
+    assert (agem.benchmark.n_tasks, agem.batch_size, agem.buffer, agem.method.replay_batch_size) == (17, 10, 4250, 256)
+    assert agem.benchmark.train_per_task is None and not agem.data.normalize and agem.lr == 0.1
     # the command line still wins over a preset
     assert make_cfg("+experiment=der_seq_mnist", "method=er", "buffer=200", "lr=0.5").lr == 0.5
     # no preset: no protocol, and clrun's own defaults
@@ -98,3 +101,27 @@ def test_multirun_of_a_preset_and_compare_paper(tmp_path, capsys):
     assert report_main([str(sweep), "--compare-paper"]) == 0
     assert "| der_seq_mnist | naive | class_il |" in capsys.readouterr().out
     assert (sweep / "compare_paper.csv").exists()
+
+
+def test_compare_paper_puts_published_forgetting_next_to_clruns(tmp_path):
+    proto = {"name": "p", "benchmark": "permuted_mnist", "spread": "std",
+             "results": [{"method": "agem", "scenario": "domain_il", "ACC": 89.1, "spread": 0.14,
+                          "forgetting": 0.06, "forgetting_spread": 0.001},
+                         {"method": "naive", "scenario": "domain_il", "ACC": 47.55, "spread": 2.37}]}
+    rows = []
+    for i, (method, acc, fgt) in enumerate([("agem", 0.90, 0.05), ("agem", 0.92, 0.07), ("naive", 0.5, 0.4)]):
+        job = tmp_path / str(i)
+        job.mkdir()
+        (job / "config.yaml").write_text(OmegaConf.to_yaml({"protocol": proto}))
+        rows.append({"job_dir": str(job), "status": "completed", "method": method, "scenario": "domain_il",
+                     "benchmark": "permuted_mnist", "buffer": 4250, "ACC": acc, "forgetting": fgt,
+                     "wall_seconds": 60.0})
+    table = compare_paper(pd.DataFrame(rows)).set_index("method")
+    assert table.loc["agem", "clrun_ACC"] == pytest.approx(91.0) and table.loc["agem", "n"] == 2
+    assert table.loc["agem", "paper_forgetting"] == 0.06
+    assert table.loc["agem", "clrun_forgetting"] == pytest.approx(0.06)
+    assert table.loc["agem", "clrun_forgetting_std"] == pytest.approx(0.0141421, rel=1e-4)
+    # a cell that publishes no forgetting gets none, and the markdown says so
+    assert pd.isna(table.loc["naive", "paper_forgetting"]) and pd.isna(table.loc["naive", "clrun_forgetting"])
+    md = markdown_table(table.reset_index())
+    assert "| 0.06 ± 0.001 / 0.060 ± 0.014 |" in md and "| – |" in md
