@@ -84,12 +84,14 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=der_perm_mnist method=gem buffer=200 $o hydra.sweep.dir=$r/der_perm_mnist_gem200
   clrun -m +experiment=der_perm_mnist method=gem buffer=500 $o hydra.sweep.dir=$r/der_perm_mnist_gem500
   clrun -m +experiment=der_rot_mnist_base method=naive,online_ewc,si $o hydra.sweep.dir=$r/der_rot_mnist_base
-  clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem $o hydra.sweep.dir=$r/der_rot_mnist
-  # A-GEM's permuted MNIST (17 tasks of 60,000 samples in batches of 10); its GEM and MULTI-TASK rows are left
-  # out for time (GEM: 16 memory gradients a step)
+  clrun -m +experiment=der_rot_mnist method=er,der buffer=200,500 $o hydra.sweep.dir=$r/der_rot_mnist
+  clrun -m +experiment=der_rot_mnist method=derpp,agem buffer=200,500 $o hydra.sweep.dir=$r/der_rot_mnist_b
+  # A-GEM's permuted MNIST (17 tasks of 60,000 samples in batches of 10); its GEM row is left out for time
+  # (up to 16 memory gradients of 250 samples every step)
   clrun -m +experiment=agem_perm_mnist method=agem,naive seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_a
   clrun -m +experiment=agem_perm_mnist method=ewc,mas seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_b
   clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn
+  clrun -m +experiment=agem_perm_mnist method=joint seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_joint
   clrun-report "$r"/*/ -o $r --compare-paper | tee $r/compare_paper.md
 fi
 
@@ -104,7 +106,12 @@ if [[ $what == all || $what == papers_checks ]]; then
   # joint as van de Ven train it (incremental: at task t on tasks 1..t) instead of mammoth's one final pass
   clrun -m +experiment=der_seq_mnist_base method=joint method.schedule=incremental $o \
     hydra.sweep.dir=$c/joint_incremental
-  for d in seen_units standardised torch_init joint_incremental; do
+  # R-MNIST rotated with bilinear interpolation instead of mammoth's nearest neighbour
+  clrun -m +experiment=der_rot_mnist_base method=naive,joint,online_ewc,si benchmark.interpolation=bilinear $o \
+    hydra.sweep.dir=$c/bilinear_rotation/base
+  clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem benchmark.interpolation=bilinear $o \
+    hydra.sweep.dir=$c/bilinear_rotation/rehearsal
+  for d in seen_units standardised torch_init joint_incremental bilinear_rotation; do
     clrun-report $c/$d -o $c/$d --compare-paper | tee $c/$d/compare_paper.md
   done
 fi

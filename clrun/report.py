@@ -147,13 +147,16 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
                 continue
             acc = 100 * sel.ACC
             kind = proto.get("spread", "std")
-            paper_std = cell["spread"] * math.sqrt(proto.get("runs", 1)) if kind == "sem" else cell["spread"]
+            spread = cell.get("spread")  # None: the paper prints the mean alone
+            paper_std = (math.nan if spread is None else spread * math.sqrt(proto.get("runs", 1)) if kind == "sem"
+                         else spread)
             diff = acc.mean() - cell["ACC"]
             rows.append({"protocol": name, "method": cell["method"], "scenario": cell["scenario"],
                          "buffer": cell.get("buffer", ""), "paper_ACC": cell["ACC"],
-                         "paper_spread": f"{cell['spread']} ({kind})", "paper_std": paper_std,
+                         "paper_spread": "" if spread is None else f"{spread} ({kind})", "paper_std": paper_std,
                          "clrun_ACC": acc.mean(), "clrun_std": acc.std(ddof=1) if len(acc) > 1 else math.nan,
-                         "n": len(acc), "diff": diff, "within_paper_std": abs(diff) <= paper_std,
+                         "n": len(acc), "diff": diff,
+                         "within_paper_std": None if spread is None else bool(abs(diff) <= paper_std),
                          "paper_forgetting": cell.get("forgetting", math.nan),
                          "paper_forgetting_spread": cell.get("forgetting_spread", math.nan),
                          "clrun_forgetting": sel.forgetting.mean() if "forgetting" in cell else math.nan,
@@ -173,9 +176,12 @@ def markdown_table(frame: pd.DataFrame) -> str:
         if not math.isnan(getattr(r, "paper_forgetting", math.nan)):
             fgt = (f"{r.paper_forgetting:.2f} ± {r.paper_forgetting_spread:.3f} / "
                    f"{r.clrun_forgetting:.3f} ± {r.clrun_forgetting_std:.3f}")
-        lines.append(f"| {r.protocol} | {r.method} | {r.scenario} | {r.buffer} | {r.paper_ACC:.2f} ± {r.paper_spread} "
+        paper = f"{r.paper_ACC:.2f} ± {r.paper_spread}" if r.paper_spread else f"{r.paper_ACC:.2f} (no spread)"
+        within = "–" if r.within_paper_std is None or pd.isna(r.within_paper_std) else (
+            "yes" if r.within_paper_std else "**no**")
+        lines.append(f"| {r.protocol} | {r.method} | {r.scenario} | {r.buffer} | {paper} "
                      f"| {r.clrun_ACC:.2f} ± {r.clrun_std:.2f} ({r.n}) | {r.diff:+.2f} | "
-                     f"{'yes' if r.within_paper_std else '**no**'} | {fgt} | {r.minutes_per_run:.1f} |")
+                     f"{within} | {fgt} | {r.minutes_per_run:.1f} |")
     return "\n".join(lines)
 
 

@@ -255,8 +255,14 @@ def permuted(dataset: str = "mnist", n_tasks: int = 10, stream_seed: int = 0, va
     return Stream(name or f"permuted_{dataset}", tasks, tuple(x.shape[1:]), ds.source, split_name)
 
 
-def _rotate(x: Tensor, degrees: float, chunk: int = 8192) -> Tensor:
-    """Rotate image batch ``x`` by ``degrees`` (bilinear, background = the image minimum)."""
+INTERPOLATIONS = ("bilinear", "nearest")
+
+
+def _rotate(x: Tensor, degrees: float, chunk: int = 8192, interpolation: str = "bilinear") -> Tensor:
+    """Rotate image batch ``x`` by ``degrees`` (``interpolation`` bilinear or nearest, background = the image
+    minimum)."""
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"benchmark.interpolation={interpolation!r} must be one of {', '.join(INTERPOLATIONS)}")
     if degrees % 360 == 0:
         return x
     theta = math.radians(degrees)
@@ -266,18 +272,21 @@ def _rotate(x: Tensor, degrees: float, chunk: int = 8192) -> Tensor:
     for s in range(0, len(x), chunk):  # chunked to bound the sampling grid's memory
         xb = x[s : s + chunk] - bg
         grid = F.affine_grid(rot.expand(len(xb), 2, 3), list(xb.shape), align_corners=False)
-        out[s : s + chunk] = F.grid_sample(xb, grid, align_corners=False) + bg
+        out[s : s + chunk] = F.grid_sample(xb, grid, mode=interpolation, align_corners=False) + bg
     return out
 
 
 def rotated(dataset: str = "mnist", n_tasks: int = 5, angles: list[float] | None = None, max_angle: float = 180.0,
             random_angles: bool = False, stream_seed: int = 0, val_fraction: float = 0.0,
             data_root: str | None = None, download: bool = True, normalize: bool = True, name: str | None = None,
-            train_per_task: int | None = None, **dataset_kwargs) -> Stream:
+            train_per_task: int | None = None, interpolation: str = "bilinear", **dataset_kwargs) -> Stream:
     """Each task rotates the whole dataset (or ``train_per_task`` samples of it) by a fixed angle: ``angles``,
     or evenly spaced in [0, max_angle), or with ``random_angles`` drawn uniformly in [0, max_angle) from
-    ``stream_seed`` (DER's R-MNIST)."""
+    ``stream_seed`` (DER's R-MNIST). ``interpolation``: bilinear, or nearest (torchvision's and PIL's default
+    rotation, which mammoth and GEM use)."""
     _check_n_tasks(n_tasks, 1, 1000, "rotated streams")
+    if interpolation not in INTERPOLATIONS:  # before the dataset is loaded
+        raise ConfigError(f"benchmark.interpolation={interpolation!r} must be one of {', '.join(INTERPOLATIONS)}")
     if angles and random_angles:
         raise ConfigError("benchmark.angles and benchmark.random_angles=true both set the angles: pick one")
     if random_angles:
@@ -292,7 +301,8 @@ def rotated(dataset: str = "mnist", n_tasks: int = 5, angles: list[float] | None
     tasks = []
     for i, a in enumerate(angles):
         tx, ty = _train_subset(x, y, train_per_task, stream_seed, i)
-        tasks.append(Task(i, f"rot{a:g}", classes, _rotate(tx, a), ty, _rotate(ex, a), ey))
+        tasks.append(Task(i, f"rot{a:g}", classes, _rotate(tx, a, interpolation=interpolation), ty,
+                          _rotate(ex, a, interpolation=interpolation), ey))
     return Stream(name or f"rotated_{dataset}", tasks, tuple(x.shape[1:]), ds.source, split_name,
                   {"angles": angles})
 

@@ -107,9 +107,11 @@ def test_compare_paper_puts_published_forgetting_next_to_clruns(tmp_path):
     proto = {"name": "p", "benchmark": "permuted_mnist", "spread": "std",
              "results": [{"method": "agem", "scenario": "domain_il", "ACC": 89.1, "spread": 0.14,
                           "forgetting": 0.06, "forgetting_spread": 0.001},
-                         {"method": "naive", "scenario": "domain_il", "ACC": 47.55, "spread": 2.37}]}
+                         {"method": "naive", "scenario": "domain_il", "ACC": 47.55, "spread": 2.37},
+                         {"method": "joint", "scenario": "domain_il", "ACC": 95.3, "spread": None}]}
     rows = []
-    for i, (method, acc, fgt) in enumerate([("agem", 0.90, 0.05), ("agem", 0.92, 0.07), ("naive", 0.5, 0.4)]):
+    for i, (method, acc, fgt) in enumerate([("agem", 0.90, 0.05), ("agem", 0.92, 0.07), ("naive", 0.5, 0.4),
+                                            ("joint", 0.96, 0.0)]):
         job = tmp_path / str(i)
         job.mkdir()
         (job / "config.yaml").write_text(OmegaConf.to_yaml({"protocol": proto}))
@@ -125,3 +127,6 @@ def test_compare_paper_puts_published_forgetting_next_to_clruns(tmp_path):
     assert pd.isna(table.loc["naive", "paper_forgetting"]) and pd.isna(table.loc["naive", "clrun_forgetting"])
     md = markdown_table(table.reset_index())
     assert "| 0.06 ± 0.001 / 0.060 ± 0.014 |" in md and "| – |" in md
+    # a mean published without a spread is compared, but cannot be "within" anything
+    assert table.loc["joint", "within_paper_std"] is None and table.loc["agem", "within_paper_std"] == False  # noqa: E712
+    assert "| 95.30 (no spread) | 96.00 ± nan (1) | +0.70 | – |" in md

@@ -60,6 +60,23 @@ def test_rotated_tasks_rotate_and_keep_labels():
         streams.rotated(n_tasks=2, angles=[0, 10, 20], **SYN)
 
 
+def test_nearest_rotation_moves_pixels_and_bilinear_blends_them():
+    s = streams.rotated(n_tasks=2, angles=[0, 90], interpolation="nearest", **SYN)
+    x, r90 = s.tasks[0].train_x, s.tasks[1].train_x
+    # a quarter turn maps pixel centres onto pixel centres: nearest is exactly rot90 (one of its two senses)
+    assert any(torch.allclose(r90, torch.rot90(x, k, (2, 3)), atol=1e-5) for k in (1, -1))
+    # at 30 degrees nearest only copies input intensities (or the background); bilinear makes new ones
+    known = torch.cat([x[:1].flatten(), x.amin().reshape(1)])
+
+    def copied(img):  # each output value is (up to float rounding) one of the known ones
+        return (img.flatten()[:, None] - known[None]).abs().amin(1) < 1e-5
+
+    assert copied(streams._rotate(x[:1], 30, interpolation="nearest")).all()
+    assert not copied(streams._rotate(x[:1], 30, interpolation="bilinear")).all()
+    with pytest.raises(ConfigError, match="interpolation"):
+        streams.rotated(n_tasks=2, interpolation="bicubic", **SYN)
+
+
 def test_permuted_pad_grows_the_image_and_the_permutation_covers_it():
     s = streams.permuted(n_tasks=2, pad=2, **SYN)
     assert s.in_shape == (1, 8, 8) and s.tasks[0].train_x.shape[1:] == (1, 8, 8)
