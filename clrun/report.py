@@ -151,6 +151,7 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
             paper_std = (math.nan if spread is None else spread * math.sqrt(proto.get("runs", 1)) if kind == "sem"
                          else spread)
             diff = acc.mean() - cell["ACC"]
+            fgt = sel.forgetting if "forgetting" in cell else pd.Series(dtype=float)  # only where published
             rows.append({"protocol": name, "method": cell["method"], "scenario": cell["scenario"],
                          "buffer": cell.get("buffer", ""), "paper_ACC": cell["ACC"],
                          "paper_spread": "" if spread is None else f"{spread} ({kind})", "paper_std": paper_std,
@@ -159,9 +160,7 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
                          "within_paper_std": None if spread is None else bool(abs(diff) <= paper_std),
                          "paper_forgetting": cell.get("forgetting", math.nan),
                          "paper_forgetting_spread": cell.get("forgetting_spread", math.nan),
-                         "clrun_forgetting": sel.forgetting.mean() if "forgetting" in cell else math.nan,
-                         "clrun_forgetting_std": (sel.forgetting.std(ddof=1) if "forgetting" in cell and len(sel) > 1
-                                                  else math.nan),
+                         "clrun_forgetting": fgt.mean(), "clrun_forgetting_std": fgt.std(ddof=1),
                          "minutes_per_run": sel.wall_seconds.mean() / 60})
     return pd.DataFrame(rows)
 
@@ -173,12 +172,11 @@ def markdown_table(frame: pd.DataFrame) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in frame.itertuples():
         fgt = "–"
-        if not math.isnan(getattr(r, "paper_forgetting", math.nan)):
+        if pd.notna(r.paper_forgetting):
             fgt = (f"{r.paper_forgetting:.2f} ± {r.paper_forgetting_spread:.3f} / "
                    f"{r.clrun_forgetting:.3f} ± {r.clrun_forgetting_std:.3f}")
         paper = f"{r.paper_ACC:.2f} ± {r.paper_spread}" if r.paper_spread else f"{r.paper_ACC:.2f} (no spread)"
-        within = "–" if r.within_paper_std is None or pd.isna(r.within_paper_std) else (
-            "yes" if r.within_paper_std else "**no**")
+        within = "–" if pd.isna(r.within_paper_std) else "yes" if r.within_paper_std else "**no**"
         lines.append(f"| {r.protocol} | {r.method} | {r.scenario} | {r.buffer} | {paper} "
                      f"| {r.clrun_ACC:.2f} ± {r.clrun_std:.2f} ({r.n}) | {r.diff:+.2f} | "
                      f"{within} | {fgt} | {r.minutes_per_run:.1f} |")

@@ -261,8 +261,6 @@ INTERPOLATIONS = ("bilinear", "nearest")
 def _rotate(x: Tensor, degrees: float, chunk: int = 8192, interpolation: str = "bilinear") -> Tensor:
     """Rotate image batch ``x`` by ``degrees`` (``interpolation`` bilinear or nearest, background = the image
     minimum)."""
-    if interpolation not in INTERPOLATIONS:
-        raise ConfigError(f"benchmark.interpolation={interpolation!r} must be one of {', '.join(INTERPOLATIONS)}")
     if degrees % 360 == 0:
         return x
     theta = math.radians(degrees)
@@ -285,7 +283,7 @@ def rotated(dataset: str = "mnist", n_tasks: int = 5, angles: list[float] | None
     ``stream_seed`` (DER's R-MNIST). ``interpolation``: bilinear, or nearest (torchvision's and PIL's default
     rotation, which mammoth and GEM use)."""
     _check_n_tasks(n_tasks, 1, 1000, "rotated streams")
-    if interpolation not in INTERPOLATIONS:  # before the dataset is loaded
+    if interpolation not in INTERPOLATIONS:  # checked before the dataset is loaded
         raise ConfigError(f"benchmark.interpolation={interpolation!r} must be one of {', '.join(INTERPOLATIONS)}")
     if angles and random_angles:
         raise ConfigError("benchmark.angles and benchmark.random_angles=true both set the angles: pick one")
