@@ -114,6 +114,10 @@ if [[ $what == all || $what == papers_checks ]]; then
     hydra.sweep.dir=$c/bilinear_rotation/base
   clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/rehearsal
+  # A-GEM's preset with the 1,000 samples a task of the authors' later script, and the cost of its GEM row
+  clrun +experiment=agem_perm_mnist method=agem benchmark.train_per_task=1000 seed=0 $o \
+    hydra.run.dir=$c/agem_1000_per_task
+  clrun +experiment=agem_perm_mnist method=gem iters=300 seed=0 $o hydra.run.dir=$c/agem_gem_300_steps
   for d in seen_units standardised torch_init joint_incremental bilinear_rotation; do
     clrun-report $c/$d -o $c/$d --compare-paper | tee $c/$d/compare_paper.md
   done
