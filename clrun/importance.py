@@ -5,6 +5,7 @@ Diagonal Fisher estimators, all E_x[...] over the given inputs, with log p the s
 * ``empirical``: E_x[ g(x, y_data)^2 ]
 * ``true``     : E_x[ g(x, y~p(.|x))^2 ]            (one sampled label per input)
 * ``expected`` : E_x[ sum_c p(c|x) g(x, c)^2 ]       (the exact expectation over classes)
+* ``predicted``: E_x[ g(x, argmax_c p(c|x))^2 ]      (the model's own label: van de Ven & Tolias 2019's code)
 
 with g(x, y) = d log p(y|x) / d theta for *each sample* (``vmap(grad)``; for all-Linear models the same sums
 come from one backward pass, since a Linear layer's per-sample gradient is an outer product — see
@@ -23,7 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-FISHER_KINDS = ("empirical", "true", "expected")
+FISHER_KINDS = ("empirical", "true", "expected", "predicted")
+
+
 def _named_trainable(model: nn.Module) -> dict[str, Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -133,6 +136,8 @@ def fisher_diag(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor, kind: str 
             # sampled on the CPU so a CPU generator seeds it on any device
             sampled = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(yb.device)
             sq = grad_stat_sum(model, xb, nll, (sampled, mb), torch.square, backend)
+        elif kind == "predicted":
+            sq = grad_stat_sum(model, xb, nll, (_probs(model, xb, mb).argmax(1), mb), torch.square, backend)
         else:
             probs = _probs(model, xb, mb)
             classes = mb.any(0).nonzero().squeeze(1)  # candidate units of this chunk

@@ -62,7 +62,11 @@ def test_protocol_specific_settings_reach_the_method():
     assert (der.lr, der.method.alpha, der.method.beta, der.method.replay_batch_size) == (0.03, 1.0, 0.5, 10)
     assert der.batch_size == 10 and list(der.model.hidden) == [100, 100] and der.benchmark.fixed_class_order
     ewc = make_cfg("+experiment=vandeven_split_mnist", "method=ewc", "scenario=class_il")
-    assert ewc.method.lam == 1e9 and ewc.optimizer._target_ == "torch.optim.Adam" and ewc.iters == 2000
+    assert ewc.method.lam == 1e8 and ewc.optimizer._target_ == "torch.optim.Adam" and ewc.iters == 2000
+    assert ewc.method.fisher == "predicted" and ewc.method.fisher_samples is None
+    # the 2019 code's online EWC multiplies its running Fisher by gamma once more: lam = o_lambda * gamma
+    oewc = make_cfg("+experiment=vandeven_split_mnist", "method=online_ewc", "scenario=domain_il")
+    assert (oewc.method.lam, oewc.method.gamma, oewc.method.online) == (7e7, 0.7, True)
     # the published input (raw pixels) and, for mammoth's class-IL, the whole head in the loss
     assert not der.data.normalize and der.scenario.train_units == "all" and ewc.scenario.train_units == "seen"
     perm = make_cfg("+experiment=der_perm_mnist", "method=derpp", "buffer=5120")
@@ -70,7 +74,8 @@ def test_protocol_specific_settings_reach_the_method():
     rot = make_cfg("+experiment=der_rot_mnist", "method=agem", "buffer=500")
     assert rot.lr == 0.3 and rot.benchmark.random_angles and rot.scenario.name == "domain_il"
     vdv = make_cfg("+experiment=vandeven_perm_mnist", "method=si", "scenario=class_il")
-    assert (vdv.benchmark.pad, vdv.benchmark.n_tasks, vdv.iters, vdv.lr, vdv.method.lam) == (2, 10, 5000, 1e-4, 5)
+    assert (vdv.benchmark.pad, vdv.benchmark.n_tasks, vdv.iters, vdv.lr, vdv.method.lam) == (2, 10, 5000, 1e-4, 0.1)
+    assert vdv.method.path_grad == "total"
     assert list(vdv.model.hidden) == [1000, 1000] and not vdv.reset_optimizer and not vdv.data.normalize
     agem = make_cfg("+experiment=agem_perm_mnist", "method=agem")
     assert (agem.benchmark.n_tasks, agem.batch_size, agem.buffer, agem.method.replay_batch_size) == (17, 10, 4250, 256)

@@ -36,6 +36,8 @@ def brute_force_fisher(model, x, y, mask, kind, generator=None):
     logp = F.log_softmax(model(x).masked_fill(~mask, -1e300), dim=1)
     if kind == "true":
         y = torch.multinomial(logp.exp().detach().cpu(), 1, generator=generator).squeeze(1)
+    if kind == "predicted":
+        y = logp.argmax(1)
     for i in range(len(x)):
         li = F.log_softmax(model(x[i : i + 1]).masked_fill(~mask[i : i + 1], -1e300), dim=1)[0]
         labels = mask[i].nonzero().squeeze(1).tolist() if kind == "expected" else [int(y[i])]
@@ -48,7 +50,7 @@ def brute_force_fisher(model, x, y, mask, kind, generator=None):
     return {n: t / len(x) for n, t in zip(names, total)}
 
 
-@pytest.mark.parametrize("kind", ["empirical", "true", "expected"])
+@pytest.mark.parametrize("kind", ["empirical", "true", "expected", "predicted"])
 @pytest.mark.parametrize("chunk", [12, 5])
 @pytest.mark.parametrize("backend", ["vmap", "auto"])  # auto: the Linear-layer outer-product path for an MLP
 def test_fisher_estimators_match_brute_force(kind, chunk, backend):
@@ -194,6 +196,30 @@ def test_si_importance_is_the_path_integral_on_a_two_step_quadratic():
     expected = path / ((theta - start) ** 2 + 0.1)
     torch.testing.assert_close(si.importance[name][0], torch.full_like(p, expected))
     torch.testing.assert_close(si.anchor[name][0], torch.full_like(p, theta))
+
+
+@pytest.mark.parametrize("path_grad", ["task", "total"])
+def test_si_path_integral_takes_the_gradient_its_option_names(path_grad):
+    si = SI(lam=2.0, xi=0.1, path_grad=path_grad)
+    L = _learner_with(si)
+    si.before_task(1)
+    si.consolidate({n: torch.ones_like(p) for n, p in L.model.named_parameters()})  # Omega = 1 at theta*
+    with torch.no_grad():
+        for p in L.model.parameters():
+            p.add_(0.5)
+    for p in L.model.parameters():
+        p.grad = torch.ones_like(p)
+    si.after_backward()
+    penalty_grad = 2 * 2.0 * 1.0 * 0.5  # d/dtheta c Omega (theta - theta*)^2
+    recorded = 1.0 + (penalty_grad if path_grad == "total" else 0.0)
+    for p, g in zip(L.model.parameters(), si._grad):
+        torch.testing.assert_close(g, torch.full_like(p, recorded))
+        torch.testing.assert_close(p.grad, torch.full_like(p, 1.0 + penalty_grad))  # the penalty added once
+
+
+def test_si_rejects_an_unknown_path_gradient():
+    with pytest.raises(ValueError, match="path_grad"):
+        SI(path_grad="both")
 
 
 @pytest.mark.parametrize("scenario", ["task_il", "class_il", "domain_il"])

@@ -1,5 +1,5 @@
 """EWC (Kirkpatrick et al. 2017) and online EWC (Schwarz et al. 2018): (lam/2) sum F_i (theta_i - theta*_i)^2
-with F the diagonal Fisher at each task's optimum (``fisher=empirical|true|expected``).
+with F the diagonal Fisher at each task's optimum (``fisher=empirical|true|expected|predicted``).
 
 ``fisher_form=lowrank``: (lam/2) [ sum_{i<=rank} l_i (v_i . d)^2 + sum_j r_j d_j^2 ], d = theta - theta*, with
 (l_i, v_i) the top-``rank`` eigenpairs of the task's Fisher (Lanczos on Fisher-vector products, see
@@ -74,6 +74,9 @@ class EWC(QuadraticPenalty):
             with torch.no_grad():
                 probs = L.scenario.masked(L.model(x), ids, task_id).softmax(1)
             y = torch.multinomial(probs.cpu(), 1, generator=g).squeeze(1).to(y.device)
+        elif self.fisher == "predicted":
+            with torch.no_grad():
+                y = L.scenario.masked(L.model(x), ids, task_id).argmax(1)
         grads = SampleGradients(L.model, x, y, mask, self.backend, chunk=self.chunk)
         evals, vecs = lanczos_top(grads.fisher_matmul, grads.dim, self.rank, generator=g, device=grads._device())
         evals = evals.clamp_min(0)
