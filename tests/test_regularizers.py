@@ -240,6 +240,39 @@ def test_lwf_loss_is_zero_when_the_model_equals_its_snapshot(scenario):
     assert lwf.penalty(batch, moved(x)).item() > 1e-3
 
 
+def test_lwf_seen_units_distils_against_zero_padded_targets_in_class_il():
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=10, n_test=2)
+    torch.manual_seed(0)
+    sc = Scenario("class_il", s)
+    L = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, Naive(), [])
+    lwf = LwF(alpha=1.0, temperature=2.0, kd_units="seen")
+    lwf.learner = L
+    lwf.after_task(0)
+    x, y, ids = L.task_sample(1, 6)
+    logits = L.model(x).detach().requires_grad_(True)
+    old, now = sc.seen_units[0], sc.seen_units[1]
+    # by hand: sum over old units of p_old (log p_old - log q), q the softmax over all seen units (old and new)
+    p_old = (logits[:, old] / 2).softmax(1).detach()
+    q = (logits[:, now] / 2).softmax(1)[:, : int(old.sum())]  # the old units come first in the seen block
+    expected = (p_old * (p_old.log() - q.log())).sum(1).mean() * 4
+    value = lwf.penalty(Batch(x, y, ids, 1), logits)
+    torch.testing.assert_close(value, expected)
+    assert value.item() > 1e-3  # unlike kd_units=old, an unchanged model still pays for its new-class mass
+    value.backward()
+    new_units = now & ~old
+    assert (logits.grad[:, new_units] > 0).all()  # descent lowers the new classes' logits
+    same = {k: LwF(alpha=1.0, temperature=2.0, kd_units=k) for k in ("old", "seen")}
+    dsc = Scenario("domain_il", s)
+    D = Learner(MLP((1, 4, 4), dsc.n_outputs, hidden=[8]), s, dsc, Naive(), [])
+    for m in same.values():
+        m.learner = D
+        m.after_task(0)
+    with torch.no_grad():
+        moved = D.model(x) + torch.randn(len(x), dsc.n_outputs)
+    a, b = (same[k].penalty(Batch(x, y, ids, 1), moved) for k in ("old", "seen"))
+    torch.testing.assert_close(a, b)  # domain-IL: every unit is seen from the start, nothing to pad
+
+
 @pytest.mark.parametrize("scenario", ["task_il", "class_il"])
 def test_lwf_by_task_weighting_is_one_over_t_ce_plus_the_rest_kd(scenario):
     s = split(dataset="synthetic", n_tasks=5, side=4, n_train=10, n_test=2)
