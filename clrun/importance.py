@@ -6,6 +6,7 @@ Diagonal Fisher estimators, all E_x[...] over the given inputs, with log p the s
 * ``true``     : E_x[ g(x, y~p(.|x))^2 ]            (one sampled label per input)
 * ``expected`` : E_x[ sum_c p(c|x) g(x, c)^2 ]       (the exact expectation over classes)
 * ``predicted``: E_x[ g(x, argmax_c p(c|x))^2 ]      (the model's own label: van de Ven & Tolias 2019's code)
+* ``weighted_empirical``: E_x[ p(y_data|x) g(x, y_data)^2 ]   (mammoth's EWC: confident samples count more)
 
 with g(x, y) = d log p(y|x) / d theta for *each sample* (``vmap(grad)``; for all-Linear models the same sums
 come from one backward pass, since a Linear layer's per-sample gradient is an outer product — see
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-FISHER_KINDS = ("empirical", "true", "expected", "predicted")
+FISHER_KINDS = ("empirical", "true", "expected", "predicted", "weighted_empirical")
 
 
 def _named_trainable(model: nn.Module) -> dict[str, Tensor]:
@@ -136,6 +137,9 @@ def fisher_diag(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor, kind: str 
             # sampled on the CPU so a CPU generator seeds it on any device
             sampled = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(yb.device)
             sq = grad_stat_sum(model, xb, nll, (sampled, mb), torch.square, backend)
+        elif kind == "weighted_empirical":
+            weight = _probs(model, xb, mb).gather(1, yb.view(-1, 1)).squeeze(1).detach()
+            sq = grad_stat_sum(model, xb, wnll, (yb, mb, weight), torch.square, backend)
         elif kind == "predicted":
             sq = grad_stat_sum(model, xb, nll, (_probs(model, xb, mb).argmax(1), mb), torch.square, backend)
         else:

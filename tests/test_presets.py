@@ -71,6 +71,10 @@ def test_protocol_specific_settings_reach_the_method():
     assert not der.data.normalize and der.scenario.train_units == "all" and ewc.scenario.train_units == "seen"
     perm = make_cfg("+experiment=der_perm_mnist", "method=derpp", "buffer=5120")
     assert (perm.lr, perm.method.alpha, perm.method.beta, perm.benchmark.n_tasks) == (0.2, 0.5, 1.0, 20)
+    # mammoth's SI (clipped gradients of the total loss) and ewc_on (p(y|x)-weighted Fisher)
+    si = make_cfg("+experiment=der_rot_mnist_base", "method=si").method
+    assert (si.path_grad, si.clip_value, make_cfg("+experiment=der_perm_mnist_base", "method=online_ewc").method.fisher
+            ) == ("total", 1.0, "weighted_empirical")
     rot = make_cfg("+experiment=der_rot_mnist", "method=agem", "buffer=500")
     assert rot.lr == 0.3 and rot.benchmark.random_angles and rot.scenario.name == "domain_il"
     vdv = make_cfg("+experiment=vandeven_perm_mnist", "method=si", "scenario=class_il")

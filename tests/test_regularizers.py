@@ -42,7 +42,7 @@ def brute_force_fisher(model, x, y, mask, kind, generator=None):
         li = F.log_softmax(model(x[i : i + 1]).masked_fill(~mask[i : i + 1], -1e300), dim=1)[0]
         labels = mask[i].nonzero().squeeze(1).tolist() if kind == "expected" else [int(y[i])]
         for c in labels:
-            weight = li[c].exp().item() if kind == "expected" else 1.0
+            weight = li[c].exp().item() if kind in ("expected", "weighted_empirical") else 1.0
             grads = torch.autograd.grad(-li[c], params, retain_graph=True)
             for t, g in zip(total, grads):
                 t += weight * g.pow(2)
@@ -50,7 +50,7 @@ def brute_force_fisher(model, x, y, mask, kind, generator=None):
     return {n: t / len(x) for n, t in zip(names, total)}
 
 
-@pytest.mark.parametrize("kind", ["empirical", "true", "expected", "predicted"])
+@pytest.mark.parametrize("kind", ["empirical", "true", "expected", "predicted", "weighted_empirical"])
 @pytest.mark.parametrize("chunk", [12, 5])
 @pytest.mark.parametrize("backend", ["vmap", "auto"])  # auto: the Linear-layer outer-product path for an MLP
 def test_fisher_estimators_match_brute_force(kind, chunk, backend):
@@ -215,6 +215,22 @@ def test_si_path_integral_takes_the_gradient_its_option_names(path_grad):
     for p, g in zip(L.model.parameters(), si._grad):
         torch.testing.assert_close(g, torch.full_like(p, recorded))
         torch.testing.assert_close(p.grad, torch.full_like(p, 1.0 + penalty_grad))  # the penalty added once
+
+
+def test_si_clip_value_clamps_the_step_and_the_total_path_gradient():
+    si = SI(lam=2.0, xi=0.1, path_grad="total", clip_value=1.0)
+    L = _learner_with(si)
+    si.before_task(1)
+    si.consolidate({n: torch.ones_like(p) for n, p in L.model.named_parameters()})
+    with torch.no_grad():
+        for p in L.model.parameters():
+            p.add_(0.5)
+    for p in L.model.parameters():
+        p.grad = torch.full_like(p, -0.5)
+    si.after_backward()  # -0.5 + penalty 2.0 = 1.5, clamped to 1
+    for p, g in zip(L.model.parameters(), si._grad):
+        torch.testing.assert_close(p.grad, torch.ones_like(p))
+        torch.testing.assert_close(g, torch.ones_like(p))
 
 
 def test_si_rejects_an_unknown_path_gradient():

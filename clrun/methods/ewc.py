@@ -1,5 +1,5 @@
 """EWC (Kirkpatrick et al. 2017) and online EWC (Schwarz et al. 2018): (lam/2) sum F_i (theta_i - theta*_i)^2
-with F the diagonal Fisher at each task's optimum (``fisher=empirical|true|expected|predicted``).
+with F the diagonal Fisher at each task's optimum (``fisher=empirical|true|expected|predicted|weighted_empirical``).
 
 ``fisher_form=lowrank``: (lam/2) [ sum_{i<=rank} l_i (v_i . d)^2 + sum_j r_j d_j^2 ], d = theta - theta*, with
 (l_i, v_i) the top-``rank`` eigenpairs of the task's Fisher (Lanczos on Fisher-vector products, see
@@ -44,8 +44,8 @@ class EWC(QuadraticPenalty):
             require(isinstance(rank, int) and rank >= 1, f"method.rank={rank!r} must be an integer >= 1")
             require(not online, "method.fisher_form=lowrank keeps one eigenbasis per task; online=true is not "
                                 "supported with it")
-            require(fisher != "expected", "method.fisher_form=lowrank needs per-sample gradients of one label: "
-                                          "use fisher=true or empirical")
+            require(fisher in ("true", "empirical", "predicted"), "method.fisher_form=lowrank needs per-sample "
+                    "gradients of one unweighted label: use fisher=true, empirical or predicted")
             require(lowrank_step in ("implicit", "explicit"),
                     f"method.lowrank_step={lowrank_step!r} is not allowed; use implicit or explicit")
         super().__init__(lam, online=online, gamma=gamma)

@@ -3,7 +3,9 @@ integral w_i = sum_steps -g_i * delta theta_i (g: gradient of the loss without S
 Omega_i += w_i / (Delta theta_i^2 + xi) at the task's end; penalty c * sum Omega_i (theta_i - theta*_i)^2, c = lam.
 
 ``path_grad=total`` takes g with the penalty's gradient included, as van de Ven & Tolias' code does (their W
-uses the gradient of the total loss); ``task`` (default) is Zenke et al.'s unregularised gradient."""
+uses the gradient of the total loss); ``task`` (default) is Zenke et al.'s unregularised gradient.
+``clip_value``: every gradient entry clamped to [-v, v] once the penalty's is added, before the step (mammoth's
+SI clips at 1); with path_grad=total the path integral takes the clamped gradient, as mammoth's does."""
 
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ from clrun.methods.quadratic import QuadraticPenalty
 class SI(QuadraticPenalty):
     scale = 1.0
 
-    def __init__(self, lam: float = 1.0, xi: float = 0.1, path_grad: str = "task"):
+    def __init__(self, lam: float = 1.0, xi: float = 0.1, path_grad: str = "task", clip_value: float | None = None):
         require(xi > 0, f"method.xi={xi!r} must be > 0 (it keeps the importance finite)")
         require(path_grad in ("task", "total"), f"method.path_grad={path_grad!r} is not allowed; use task or total")
         super().__init__(lam, online=True, gamma=1.0)  # Omega accumulates; the anchor is the latest optimum
         self.xi = float(xi)
+        require(clip_value is None or clip_value > 0, f"method.clip_value={clip_value!r} must be > 0 or null")
         self.path_grad = path_grad
+        self.clip_value = clip_value
         self.path: dict[str, Tensor] = {}
         self.start: dict[str, Tensor] = {}
         self._grad: list[Tensor] = []
@@ -43,11 +47,17 @@ class SI(QuadraticPenalty):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         if self.path_grad == "total":
-            super().after_backward()
+            self._penalise_and_clip(params)
         self._grad = torch._foreach_mul([p.grad for p in params], 1.0)  # copies, in one fused call
         self._before = torch._foreach_mul([p.detach() for p in params], 1.0)
         if self.path_grad == "task":
-            super().after_backward()
+            self._penalise_and_clip(params)
+
+    def _penalise_and_clip(self, params: list[torch.nn.Parameter]) -> None:
+        super().after_backward()
+        if self.clip_value is not None:
+            for p in params:
+                p.grad.clamp_(-self.clip_value, self.clip_value)
 
     def after_step(self) -> None:
         if not self._grad:
