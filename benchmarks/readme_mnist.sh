@@ -111,15 +111,21 @@ if [[ $what == all || $what == papers_checks ]]; then
   clrun -m +experiment=der_seq_mnist_base method=joint method.schedule=incremental $o \
     hydra.sweep.dir=$c/joint_incremental
   # R-MNIST rotated with bilinear interpolation instead of mammoth's nearest neighbour
-  clrun -m +experiment=der_rot_mnist_base method=naive,joint,online_ewc,si benchmark.interpolation=bilinear $o \
+  clrun -m +experiment=der_rot_mnist_base method=naive,joint benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/base
+  # online EWC and SI without mammoth's p(y|x)-weighted Fisher and SI's clipped total-loss gradient
+  for p in der_seq_mnist_base der_perm_mnist_base der_rot_mnist_base; do
+    clrun -m +experiment=$p method=online_ewc method.fisher=empirical $o hydra.sweep.dir=$c/plain_regularisers/${p}_ewc
+    clrun -m +experiment=$p method=si method.path_grad=task method.clip_value=null $o \
+      hydra.sweep.dir=$c/plain_regularisers/${p}_si
+  done
   clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/rehearsal
   # A-GEM's preset with the 1,000 samples a task of the authors' later script, and the cost of its GEM row
   clrun +experiment=agem_perm_mnist method=agem benchmark.train_per_task=1000 seed=0 $o \
     hydra.run.dir=$c/agem_1000_per_task
   clrun +experiment=agem_perm_mnist method=gem iters=300 seed=0 $o hydra.run.dir=$c/agem_gem_300_steps
-  for d in seen_units standardised torch_init joint_incremental bilinear_rotation; do
+  for d in seen_units standardised torch_init joint_incremental bilinear_rotation plain_regularisers; do
     clrun-report $c/$d -o $c/$d --compare-paper | tee $c/$d/compare_paper.md
   done
 fi
