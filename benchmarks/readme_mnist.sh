@@ -93,7 +93,7 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn
   clrun -m +experiment=agem_perm_mnist method=joint seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_joint
   # van de Ven's permuted MNIST: the task-IL cells run here (about 25 CPU-minutes a run); the whole table is
-  # 63 runs
+  # 57 runs (19 cells)
   clrun -m +experiment=vandeven_perm_mnist method=naive,lwf,ewc,si scenario=task_il seed=0,1,2 $o \
     hydra.sweep.dir=$r/vandeven_perm_mnist_task_il
   clrun-report "$r"/*/ -o $r --compare-paper | tee $r/compare_paper.md
