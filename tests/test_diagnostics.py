@@ -200,8 +200,9 @@ def test_diagnostics_refuse_methods_with_their_own_architecture(tmp_path):
 def test_lowrank_refuses_online_and_expected(tmp_path):
     with pytest.raises(ConfigError, match="online=true is not supported"):
         run(make_cfg(*FAST, "method=ewc", "method.fisher_form=lowrank", "method.online=true"), tmp_path)
-    with pytest.raises(ConfigError, match="use fisher=true or empirical"):
-        run(make_cfg(*FAST, "method=ewc", "method.fisher_form=lowrank", "method.fisher=expected"), tmp_path)
+    for weighted in ("expected", "weighted_empirical"):  # weighted per-sample labels have no single gradient
+        with pytest.raises(ConfigError, match="use fisher=true, empirical or predicted"):
+            run(make_cfg(*FAST, "method=ewc", "method.fisher_form=lowrank", f"method.fisher={weighted}"), tmp_path)
 
 
 def test_lowrank_implicit_step_shrinks_each_eigen_component_exactly():
