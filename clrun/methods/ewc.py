@@ -70,13 +70,11 @@ class EWC(QuadraticPenalty):
             self.consolidate(fisher_diag(L.model, x, y, mask, self.fisher, self.chunk, generator=g,
                                          backend=self.backend))
             return
-        if self.fisher == "true":
+        if self.fisher in ("true", "predicted"):  # the label the gradients are taken at: sampled or argmax
             with torch.no_grad():
-                probs = L.scenario.masked(L.model(x), ids, task_id).softmax(1)
-            y = torch.multinomial(probs.cpu(), 1, generator=g).squeeze(1).to(y.device)
-        elif self.fisher == "predicted":
-            with torch.no_grad():
-                y = L.scenario.masked(L.model(x), ids, task_id).argmax(1)
+                logits = L.scenario.masked(L.model(x), ids, task_id)
+            y = (torch.multinomial(logits.softmax(1).cpu(), 1, generator=g).squeeze(1).to(y.device)
+                 if self.fisher == "true" else logits.argmax(1))
         grads = SampleGradients(L.model, x, y, mask, self.backend, chunk=self.chunk)
         evals, vecs = lanczos_top(grads.fisher_matmul, grads.dim, self.rank, generator=g, device=grads._device())
         evals = evals.clamp_min(0)
