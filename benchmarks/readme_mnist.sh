@@ -127,6 +127,10 @@ if [[ $what == all || $what == papers_checks ]]; then
   clrun +experiment=agem_perm_mnist method=agem benchmark.train_per_task=1000 seed=0 $o \
     hydra.run.dir=$c/agem_1000_per_task
   clrun +experiment=agem_perm_mnist method=gem iters=300 seed=0 $o hydra.run.dir=$c/agem_gem_300_steps
+  # van de Ven's permuted MNIST, LwF in domain-IL with CE + KD (weighting=constant) instead of the paper's
+  # (1/t) CE + (1 - 1/t) KD: does the distillation's growing weight stop the new tasks being learned?
+  clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=0 method.weighting=constant $o \
+    hydra.run.dir=$c/lwf_domain_constant_weighting
   for d in seen_units standardised torch_init joint_incremental bilinear_rotation plain_regularisers; do
     clrun-report $c/$d -o $c/$d --compare-paper | tee $c/$d/compare_paper.md
   done
