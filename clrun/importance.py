@@ -109,6 +109,19 @@ def _probs(model: nn.Module, x: Tensor, mask: Tensor) -> Tensor:
     return _masked_log_softmax(model(x), mask).exp()
 
 
+def fisher_labels(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor, kind: str,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """The label each sample's gradient is taken at: the dataset's (``empirical``), one drawn from the model
+    (``true``) or the model's argmax (``predicted``)."""
+    if kind == "empirical":
+        return y
+    probs = _probs(model, x, mask)
+    if kind == "predicted":
+        return probs.argmax(1)
+    # sampled on the CPU so a CPU generator seeds it on any device
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(y.device)
+
+
 def fisher_diag(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor, kind: str = "true", chunk: int = 256,
                 generator: torch.Generator | None = None, backend: str = "auto") -> dict[str, Tensor]:
     """Diagonal Fisher {name: tensor like the parameter}, averaged over the N inputs ``x``.
@@ -130,18 +143,12 @@ def fisher_diag(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor, kind: str 
     chunk = _chunk(model, chunk, backend)
     for s in range(0, len(x), chunk):
         xb, yb, mb = x[s : s + chunk], y[s : s + chunk], mask[s : s + chunk]
-        if kind == "empirical":
-            sq = grad_stat_sum(model, xb, nll, (yb, mb), torch.square, backend)
-        elif kind == "true":
-            probs = _probs(model, xb, mb)
-            # sampled on the CPU so a CPU generator seeds it on any device
-            sampled = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(yb.device)
-            sq = grad_stat_sum(model, xb, nll, (sampled, mb), torch.square, backend)
+        if kind in ("empirical", "true", "predicted"):
+            labels = fisher_labels(model, xb, yb, mb, kind, generator)
+            sq = grad_stat_sum(model, xb, nll, (labels, mb), torch.square, backend)
         elif kind == "weighted_empirical":
             weight = _probs(model, xb, mb).gather(1, yb.view(-1, 1)).squeeze(1).detach()
             sq = grad_stat_sum(model, xb, wnll, (yb, mb, weight), torch.square, backend)
-        elif kind == "predicted":
-            sq = grad_stat_sum(model, xb, nll, (_probs(model, xb, mb).argmax(1), mb), torch.square, backend)
         else:
             probs = _probs(model, xb, mb)
             classes = mb.any(0).nonzero().squeeze(1)  # candidate units of this chunk

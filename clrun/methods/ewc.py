@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector
 
-from clrun.importance import FISHER_KINDS, SampleGradients, fisher_diag, lanczos_top
+from clrun.importance import FISHER_KINDS, SampleGradients, fisher_diag, fisher_labels, lanczos_top
 from clrun.methods.base import require
 from clrun.methods.quadratic import QuadraticPenalty
 
@@ -70,11 +70,7 @@ class EWC(QuadraticPenalty):
             self.consolidate(fisher_diag(L.model, x, y, mask, self.fisher, self.chunk, generator=g,
                                          backend=self.backend))
             return
-        if self.fisher in ("true", "predicted"):  # the label the gradients are taken at: sampled or argmax
-            with torch.no_grad():
-                logits = L.scenario.masked(L.model(x), ids, task_id)
-            y = (torch.multinomial(logits.softmax(1).cpu(), 1, generator=g).squeeze(1).to(y.device)
-                 if self.fisher == "true" else logits.argmax(1))
+        y = fisher_labels(L.model, x, y, mask, self.fisher, generator=g)
         grads = SampleGradients(L.model, x, y, mask, self.backend, chunk=self.chunk)
         evals, vecs = lanczos_top(grads.fisher_matmul, grads.dim, self.rank, generator=g, device=grads._device())
         evals = evals.clamp_min(0)
