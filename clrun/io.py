@@ -15,6 +15,7 @@ METRICS_COLUMNS = [
     "benchmark", "scenario", "method", "regularizers", "lam", "buffer", "seed", "n_tasks", "data_source",
     "eval_split", "status", "tasks_done", "ACC", "forgetting", "BWT", "FWT", "learning_accuracy",
     "wall_seconds", "train_seconds", "eval_seconds", "peak_rss_mb", "parameters", "buffer_bytes", "error",
+    "device",
 ]
 LOG_COLUMNS = ["task", "epoch", "steps", "loss", "train_acc", "seconds", "skipped_steps"]
 INTERFERENCE_FILE, SPECTRUM_FILE, SPECTRUM_LAYERS_FILE = "interference.csv", "spectrum.csv", "spectrum_layers.csv"

@@ -161,8 +161,21 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
                          "paper_forgetting": cell.get("forgetting", math.nan),
                          "paper_forgetting_spread": cell.get("forgetting_spread", math.nan),
                          "clrun_forgetting": fgt.mean(), "clrun_forgetting_std": fgt.std(ddof=1),
-                         "minutes_per_run": sel.wall_seconds.mean() / 60})
+                         "minutes_per_run": sel.wall_seconds.mean() / 60, "device": _devices(sel)})
     return pd.DataFrame(rows)
+
+
+def _on_gpu(devices: str) -> str:
+    """Minutes on a GPU are not CPU minutes: name the GPU next to them."""
+    names = [d.split(" (", 1)[-1].rstrip(")") for d in str(devices or "").split("; ") if d.startswith("cuda")]
+    return f" ({', '.join(names)})" if names else ""
+
+
+def _devices(runs: pd.DataFrame) -> str:
+    """The devices a cell's runs ran on ("" for runs older than metrics.csv's device column)."""
+    if "device" not in runs:
+        return ""
+    return "; ".join(sorted(runs.device.dropna().astype(str).unique()))
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -179,7 +192,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
         within = "–" if pd.isna(r.within_paper_std) else "yes" if r.within_paper_std else "**no**"
         lines.append(f"| {r.protocol} | {r.method} | {r.scenario} | {r.buffer} | {paper} "
                      f"| {r.clrun_ACC:.2f} ± {r.clrun_std:.2f} ({r.n}) | {r.diff:+.2f} | "
-                     f"{within} | {fgt} | {r.minutes_per_run:.1f} |")
+                     f"{within} | {fgt} | {r.minutes_per_run:.1f}{_on_gpu(getattr(r, 'device', ''))} |")
     return "\n".join(lines)
 
 

@@ -95,6 +95,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
+def device_label(device: torch.device) -> str:
+    """``cpu`` or ``cuda:N (GPU name)``: the timings in metrics.csv mean nothing without it."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Run the experiment described by ``cfg`` (a composed clrun config) and write its CSVs to ``out_dir``.
 
@@ -153,6 +161,7 @@ def _run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "regularizers": "+".join(r.name for r in regularizers),
         "lam": _first_attr([method, *regularizers], "lam"), "buffer": _first_attr([method], "buffer_size"),
         "seed": int(cfg.seed), "n_tasks": T, "data_source": stream.data_source, "eval_split": stream.eval_split,
+        "device": device_label(device),
     }
     clock = {"train": 0.0, "eval": 0.0}
     start_task = 0

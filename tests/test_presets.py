@@ -126,7 +126,8 @@ def test_compare_paper_puts_published_forgetting_next_to_clruns(tmp_path):
         (job / "config.yaml").write_text(OmegaConf.to_yaml({"protocol": proto}))
         rows.append({"job_dir": str(job), "status": "completed", "method": method, "scenario": "domain_il",
                      "benchmark": "permuted_mnist", "buffer": 4250, "ACC": acc, "forgetting": fgt,
-                     "wall_seconds": 60.0})
+                     "wall_seconds": 60.0,
+                     "device": "cuda:0 (NVIDIA H100 80GB HBM3)" if method == "joint" else "cpu"})
     table = compare_paper(pd.DataFrame(rows)).set_index("method")
     assert table.loc["agem", "clrun_ACC"] == pytest.approx(91.0) and table.loc["agem", "n"] == 2
     assert table.loc["agem", "paper_forgetting"] == 0.06
@@ -139,3 +140,6 @@ def test_compare_paper_puts_published_forgetting_next_to_clruns(tmp_path):
     # a mean published without a spread is compared, but cannot be "within" anything
     assert table.loc["joint", "within_paper_std"] is None and table.loc["agem", "within_paper_std"] == False  # noqa: E712
     assert "| 95.30 (no spread) | 96.00 ± nan (1) | +0.70 | – |" in md
+    # GPU minutes are labelled with the GPU; CPU minutes stay bare
+    assert table.loc["joint", "device"] == "cuda:0 (NVIDIA H100 80GB HBM3)" and table.loc["agem", "device"] == "cpu"
+    assert "| 1.0 (NVIDIA H100 80GB HBM3) |" in md and md.count("(NVIDIA H100") == 1

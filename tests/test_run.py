@@ -27,7 +27,7 @@ def test_clrun_subprocess_writes_the_three_csvs_with_their_schema(tmp_path):
     assert list(m.columns[: len(io.METRICS_COLUMNS)]) == io.METRICS_COLUMNS
     row = m.iloc[0]
     assert (row.benchmark, row.scenario, row.method, row.seed, row.n_tasks) == ("synthetic", "class_il", "naive", 1, 5)
-    assert row.status == "completed" and row.data_source == "synthetic"
+    assert row.status == "completed" and row.data_source == "synthetic" and row.device == "cpu"
     assert row.ACC == pytest.approx(R.iloc[-1].mean(), abs=1e-5)
     assert row.parameters > 0 and row.peak_rss_mb > 0 and row.wall_seconds >= row.train_seconds > 0
 
