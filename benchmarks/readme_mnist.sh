@@ -76,7 +76,7 @@ if [[ $what == all || $what == papers ]]; then
   # the DER table's third column
   clrun -m +experiment=der_seq_mnist buffer=5120 method=er,agem,icarl,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist_5120
   clrun -m +experiment=der_seq_mnist buffer=5120 method=gem seed=0,1,2 $o hydra.sweep.dir=$r/der_seq_mnist_5120_gem
-  # P-MNIST and R-MNIST: 20 tasks; R-MNIST's GEM is left out for time
+  # P-MNIST and R-MNIST: 20 tasks
   clrun -m +experiment=der_perm_mnist_base method=naive,online_ewc,si $o hydra.sweep.dir=$r/der_perm_mnist_base
   clrun -m +experiment=der_perm_mnist_base method=joint $o hydra.sweep.dir=$r/der_perm_mnist_joint
   clrun -m +experiment=der_rot_mnist_base method=joint $o hydra.sweep.dir=$r/der_rot_mnist_joint
@@ -86,14 +86,21 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=der_rot_mnist_base method=naive,online_ewc,si $o hydra.sweep.dir=$r/der_rot_mnist_base
   clrun -m +experiment=der_rot_mnist method=er,der buffer=200,500 $o hydra.sweep.dir=$r/der_rot_mnist
   clrun -m +experiment=der_rot_mnist method=derpp,agem buffer=200,500 $o hydra.sweep.dir=$r/der_rot_mnist_b
+  clrun -m +experiment=der_rot_mnist method=gem buffer=200,500 $o hydra.sweep.dir=$r/der_rot_mnist_gem
+  # the third column (buffer 5120)
+  clrun -m +experiment=der_perm_mnist method=er,der,derpp,agem buffer=5120 $o hydra.sweep.dir=$r/der_perm_mnist_5120
+  clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem buffer=5120 $o hydra.sweep.dir=$r/der_rot_mnist_5120
+  clrun -m +experiment=der_perm_mnist method=gem buffer=5120 $o hydra.sweep.dir=$r/der_perm_mnist_gem5120
+  clrun -m +experiment=der_rot_mnist method=gem buffer=5120 $o hydra.sweep.dir=$r/der_rot_mnist_gem5120
   # A-GEM's permuted MNIST (17 tasks of 60,000 samples in batches of 10); its GEM row is left out for time
   # (up to 16 memory gradients of 250 samples every step)
   clrun -m +experiment=agem_perm_mnist method=agem,naive seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_a
   clrun -m +experiment=agem_perm_mnist method=ewc,mas seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_b
   clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn
   clrun -m +experiment=agem_perm_mnist method=joint seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_joint
-  # van de Ven's permuted MNIST: the task- and domain-IL cells run here (about 20 CPU-minutes a run); the
-  # whole table is 57 runs (19 cells)
+  # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF run here (about 20
+  # CPU-minutes a run); the other 11 cells ran on a GPU machine:
+  #   bash benchmarks/gpu_vandeven_perm.sh $r   (and SEEDS="3 4" for the class-IL seeds 3-4)
   clrun -m +experiment=vandeven_perm_mnist method=naive,lwf,ewc,si scenario=task_il seed=0,1,2 $o \
     hydra.sweep.dir=$r/vandeven_perm_mnist_task_il
   clrun -m +experiment=vandeven_perm_mnist method=naive,ewc,si,lwf scenario=domain_il seed=0,1,2 $o \
