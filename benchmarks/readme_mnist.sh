@@ -100,7 +100,7 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=agem_perm_mnist method=joint seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_joint
   # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF run here (about 20
   # CPU-minutes a run); the other 11 cells ran on a GPU machine:
-  #   bash benchmarks/gpu_vandeven_perm.sh $r   (and SEEDS="3 4" for the class-IL seeds 3-4)
+  #   bash benchmarks/gpu_cells.sh $r   (and SEEDS="3 4" for the class-IL seeds 3-4)
   clrun -m +experiment=vandeven_perm_mnist method=naive,lwf,ewc,si scenario=task_il seed=0,1,2 $o \
     hydra.sweep.dir=$r/vandeven_perm_mnist_task_il
   clrun -m +experiment=vandeven_perm_mnist method=naive,ewc,si,lwf scenario=domain_il seed=0,1,2 $o \

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# van de Ven's permuted-MNIST cells that two CPU cores could not afford (online EWC, joint, class-IL, iCaRL),
-# run side by side on one GPU machine: each run is `clrun +experiment=vandeven_perm_mnist ...` with its
-# settings untouched (device=auto picks the GPU), one process per run, JOBS at a time, in the order below (all
-# seeds of a cell together, so the cells that finish are whole). Runs still going at DEADLINE seconds are stopped.
+# Published-protocol cells too slow for a CPU, run side by side on one GPU machine. Each run is
+# `clrun +experiment=$EXP method=M scenario=S seed=N` with the preset's settings untouched (device=auto picks the
+# GPU), one process per run, JOBS at a time, in the order of CELLS (all seeds of a cell together, so the cells
+# that finish are whole; the longest first). Runs still going at DEADLINE seconds are stopped. The default is
+# van de Ven's 11 permuted-MNIST cells that two CPU cores could not afford (online EWC, joint, class-IL, iCaRL);
+# A-GEM's GEM row is `EXP=agem_perm_mnist CELLS="gem domain_il"`.
 # Start CUDA MPS first (`nvidia-cuda-mps-control -d`, same CUDA_MPS_PIPE_DIRECTORY for the daemon and the runs):
 # on one H100, 15 runs side by side took 1.7-3.6 minutes each under MPS, and 1.6-1.8x as long without it
 # (time-sliced contexts).
 #
-#   CLRUN_DATA=../shared/data bash benchmarks/gpu_vandeven_perm.sh /tmp/runs
+#   CLRUN_DATA=../shared/data bash benchmarks/gpu_cells.sh /tmp/runs
 #
-# EXTRA="iters=20 benchmark.n_tasks=2" adds overrides (a quick check of the script itself).
-# Then `clrun-report /tmp/runs ... --compare-paper`. On the lent device machine hydra-core, omegaconf, antlr4
-# and quadprog travel as wheels in .whl/ and MNIST as .mnist/MNIST/raw/*.gz (both git-ignored); the script
-# installs / unpacks them when hydra is missing / CLRUN_DATA is unset.
+# SEEDS="3 4" picks other seeds; EXTRA="iters=20 benchmark.n_tasks=2" adds overrides (a quick check of the
+# script itself). Then `clrun-report /tmp/runs ... --compare-paper`. On the lent device machine hydra-core,
+# omegaconf, antlr4 and quadprog travel as wheels in .whl/ and MNIST as .mnist/MNIST/raw/*.gz (both
+# git-ignored); the script installs / unpacks them when hydra is missing / CLRUN_DATA is unset.
 set -u
 RUNS=${1:-/tmp/runs}
 JOBS=${JOBS:-15}
+EXP=${EXP:-vandeven_perm_mnist}
+CELLS=${CELLS:-"joint task_il, joint domain_il, joint class_il, lwf class_il, icarl class_il, naive class_il,
+  ewc class_il, si class_il, online_ewc task_il, online_ewc domain_il, online_ewc class_il"}
 DEADLINE=${DEADLINE:-86400}  # the lent machine's 10-minute calls used 495
 T0=$(date +%s)
 END=$((T0 + DEADLINE))
@@ -33,12 +38,10 @@ if [ -z "${CLRUN_DATA:-}" ] && [ -d "$REPO/.mnist/MNIST/raw" ]; then
   for f in "$REPO"/.mnist/MNIST/raw/*.gz; do gunzip -c "$f" > /tmp/data/MNIST/raw/"$(basename "$f" .gz)"; done
   export CLRUN_DATA=/tmp/data
 fi
-export REPO RUNS END LOG EXTRA=${EXTRA:-}
+export REPO RUNS END LOG EXP EXTRA=${EXTRA:-}
 
-# cell by cell: all three seeds of a cell next to each other
-cells=("joint task_il" "joint domain_il" "joint class_il"  # the longest first
-       "naive class_il" "ewc class_il" "si class_il" "lwf class_il" "icarl class_il"
-       "online_ewc task_il" "online_ewc domain_il" "online_ewc class_il")
+# cell by cell: all seeds of a cell next to each other
+IFS=, read -r -a cells <<< "$(echo $CELLS)"
 for cell in "${cells[@]}"; do
   set -- $cell
   for seed in ${SEEDS:-0 1 2}; do echo "$1 $2 $seed"; done
@@ -47,9 +50,9 @@ done > "$RUNS/queue.txt"
 one_run() {  # METHOD SCENARIO SEED
   local left=$((END - $(date +%s)))
   [ "$left" -lt 30 ] && { echo "SKIP $*" >> "$LOG"; return 0; }
-  local exp=vandeven_perm_mnist
-  [ "$1" = icarl ] && exp=vandeven_perm_mnist_icarl
-  local dir=$RUNS/vandeven_perm_mnist_$2_gpu/$1_s$3
+  local exp=$EXP
+  [ "$1" = icarl ] && [ -f "$REPO/conf/experiment/${EXP}_icarl.yaml" ] && exp=${EXP}_icarl  # its own preset
+  local dir=$RUNS/${EXP}_$2_gpu/$1_s$3
   echo "START $(date +%s) $*" >> "$LOG"
   timeout "$left" python3 -c 'import sys; sys.argv[0] = "clrun"; from clrun.app import main; main()' \
     +experiment=$exp method=$1 scenario=$2 seed=$3 threads=1 quiet=true plots=false checkpoint=false \
@@ -58,6 +61,6 @@ one_run() {  # METHOD SCENARIO SEED
   echo "END $(date +%s) rc=$rc $*" >> "$LOG"
 }
 export -f one_run
-mkdir -p "$RUNS"/vandeven_perm_mnist_{task_il,domain_il,class_il}_gpu
+mkdir -p "$RUNS"/${EXP}_{task_il,domain_il,class_il}_gpu
 cd "$REPO" && xargs -P "$JOBS" -L 1 bash -c 'one_run "$@"' _ < "$RUNS/queue.txt"
 echo "all done after $(( $(date +%s) - T0 )) s" >> "$LOG"
