@@ -138,11 +138,13 @@ if [[ $what == all || $what == papers_checks ]]; then
   # (1/t) CE + (1 - 1/t) KD: does the distillation's growing weight stop the new tasks being learned?
   clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=0 method.weighting=constant $o \
     hydra.run.dir=$c/lwf_domain_constant_weighting
-  # ... and with the distillation at a quarter (the authors' loss without its T^2 factor), domain- and class-IL
-  for s in domain_il class_il; do
+  # ... and with the distillation at a quarter (the authors' loss without its T^2 factor), every scenario
+  for s in task_il domain_il class_il; do
     clrun +experiment=vandeven_perm_mnist method=lwf scenario=$s seed=0 method.alpha=0.25 $o \
       hydra.run.dir=$c/lwf_alpha_quarter/$s
   done
+  clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=1 method.alpha=0.25 $o \
+    hydra.run.dir=$c/lwf_alpha_quarter/domain_il_s1
   for d in seen_units standardised torch_init joint_incremental bilinear_rotation plain_regularisers; do
     clrun-report $c/$d -o $c/$d --compare-paper | tee $c/$d/compare_paper.md
   done
