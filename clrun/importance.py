@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 FISHER_KINDS = ("empirical", "true", "expected", "predicted", "weighted_empirical")
+LABEL_KINDS = ("empirical", "true", "predicted")  # the kinds that are one label per sample (fisher_labels)
 
 
 def _named_trainable(model: nn.Module) -> dict[str, Tensor]:
@@ -118,6 +119,8 @@ def fisher_labels(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor, kind: st
     probs = _probs(model, x, mask)
     if kind == "predicted":
         return probs.argmax(1)
+    if kind != "true":
+        raise ValueError(f"fisher_labels: kind={kind!r} is not one of {', '.join(LABEL_KINDS)}")
     # sampled on the CPU so a CPU generator seeds it on any device
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(y.device)
 
@@ -143,7 +146,7 @@ def fisher_diag(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor, kind: str 
     chunk = _chunk(model, chunk, backend)
     for s in range(0, len(x), chunk):
         xb, yb, mb = x[s : s + chunk], y[s : s + chunk], mask[s : s + chunk]
-        if kind in ("empirical", "true", "predicted"):
+        if kind in LABEL_KINDS:
             labels = fisher_labels(model, xb, yb, mb, kind, generator)
             sq = grad_stat_sum(model, xb, nll, (labels, mb), torch.square, backend)
         elif kind == "weighted_empirical":

@@ -192,7 +192,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
         within = "–" if pd.isna(r.within_paper_std) else "yes" if r.within_paper_std else "**no**"
         lines.append(f"| {r.protocol} | {r.method} | {r.scenario} | {r.buffer} | {paper} "
                      f"| {r.clrun_ACC:.2f} ± {r.clrun_std:.2f} ({r.n}) | {r.diff:+.2f} | "
-                     f"{within} | {fgt} | {r.minutes_per_run:.1f}{_on_gpu(getattr(r, 'device', ''))} |")
+                     f"{within} | {fgt} | {r.minutes_per_run:.1f}{_on_gpu(r.device)} |")
     return "\n".join(lines)
 
 

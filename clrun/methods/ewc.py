@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector
 
-from clrun.importance import FISHER_KINDS, SampleGradients, fisher_diag, fisher_labels, lanczos_top
+from clrun.importance import FISHER_KINDS, LABEL_KINDS, SampleGradients, fisher_diag, fisher_labels, lanczos_top
 from clrun.methods.base import require
 from clrun.methods.quadratic import QuadraticPenalty
 
@@ -44,7 +44,7 @@ class EWC(QuadraticPenalty):
             require(isinstance(rank, int) and rank >= 1, f"method.rank={rank!r} must be an integer >= 1")
             require(not online, "method.fisher_form=lowrank keeps one eigenbasis per task; online=true is not "
                                 "supported with it")
-            require(fisher in ("true", "empirical", "predicted"), "method.fisher_form=lowrank needs per-sample "
+            require(fisher in LABEL_KINDS, "method.fisher_form=lowrank needs per-sample "
                     "gradients of one unweighted label: use fisher=true, empirical or predicted")
             require(lowrank_step in ("implicit", "explicit"),
                     f"method.lowrank_step={lowrank_step!r} is not allowed; use implicit or explicit")
