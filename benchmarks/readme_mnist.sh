@@ -92,12 +92,22 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem buffer=5120 $o hydra.sweep.dir=$r/der_rot_mnist_5120
   clrun -m +experiment=der_perm_mnist method=gem buffer=5120 $o hydra.sweep.dir=$r/der_perm_mnist_gem5120
   clrun -m +experiment=der_rot_mnist method=gem buffer=5120 $o hydra.sweep.dir=$r/der_rot_mnist_gem5120
-  # A-GEM's permuted MNIST (17 tasks of 60,000 samples in batches of 10); its GEM row is left out for time
-  # (up to 16 memory gradients of 250 samples every step)
+  # A-GEM's permuted MNIST (17 tasks of 60,000 samples in batches of 10)
   clrun -m +experiment=agem_perm_mnist method=agem,naive seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_a
   clrun -m +experiment=agem_perm_mnist method=ewc,mas seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_b
   clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn
   clrun -m +experiment=agem_perm_mnist method=joint seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_joint
+  # its GEM row: up to 16 memory gradients of 250 samples every step, about 2 CPU-hours a run; the three seeds
+  # side by side (one thread each), or on a GPU: EXP=agem_perm_mnist CELLS="gem domain_il" bash benchmarks/gpu_cells.sh $r
+  for s in 0 1 2; do
+    clrun -m +experiment=agem_perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
+  done
+  wait
+  # the two Seq-MNIST cells outside the paper's spread with 3 seeds, at the paper's 10 runs (seeds 3-9)
+  clrun -m +experiment=der_seq_mnist method=agem buffer=5120 seed=3,4,5,6,7,8,9 $o \
+    hydra.sweep.dir=$r/der_seq_mnist_more_seeds_agem5120
+  clrun -m +experiment=der_seq_mnist method=er buffer=200 seed=3,4,5,6,7,8,9 $o \
+    hydra.sweep.dir=$r/der_seq_mnist_more_seeds_er200
   # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF run here (about 20
   # CPU-minutes a run); the other 11 cells ran on a GPU machine:
   #   bash benchmarks/gpu_cells.sh $r   (and SEEDS="3 4" for the class-IL seeds 3-4)
