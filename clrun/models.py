@@ -20,14 +20,32 @@ class Backbone(nn.Module):
         return self.head(self.features(x))
 
 
+MLP_INITS = ("torch", "xavier", "trunc_normal")
+
+
+def init_linear_(module: nn.Module, init: str) -> None:
+    """Re-initialise every Linear in ``module`` as a paper's code did; ``torch`` keeps PyTorch's default."""
+    if init not in MLP_INITS:
+        raise ConfigError(f"model.init={init!r} is not allowed; use one of {', '.join(MLP_INITS)}")
+    for m in module.modules():
+        if not isinstance(m, nn.Linear) or init == "torch":
+            continue
+        if init == "xavier":  # mammoth's MNISTMLP: Xavier-uniform weights, zero biases (2-3x PyTorch's scale)
+            nn.init.xavier_uniform_(m.weight)
+            bias = 0.0
+        else:  # trunc_normal, A-GEM's TF code: N(0, 0.1) cut at 2 std, biases 0.1 (~4x PyTorch's scale)
+            nn.init.trunc_normal_(m.weight, std=0.1, a=-0.2, b=0.2)
+            bias = 0.1
+        if m.bias is not None:
+            nn.init.constant_(m.bias, bias)
+
+
 class MLP(Backbone):
     """Fully connected ReLU network on flattened inputs (the MNIST workhorse: 784-400-400-10 etc.)."""
 
     def __init__(self, in_shape: tuple[int, ...], n_outputs: int, hidden: list[int] = (400, 400),
                  init: str = "torch"):
         super().__init__()
-        if init not in ("torch", "xavier"):
-            raise ConfigError(f"model.init={init!r} is not allowed; use torch (PyTorch's default) or xavier")
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(in_shape)
         for h in hidden:
@@ -36,11 +54,7 @@ class MLP(Backbone):
         self.features = nn.Sequential(*layers)
         self.feature_dim = width
         self.head = nn.Linear(width, n_outputs)
-        if init == "xavier":  # mammoth's MNISTMLP: Xavier-uniform weights, zero biases (2-3x PyTorch's scale)
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.xavier_uniform_(m.weight)
-                    nn.init.zeros_(m.bias)
+        init_linear_(self, init)
 
 
 class CNN(Backbone):

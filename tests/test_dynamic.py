@@ -72,6 +72,20 @@ def test_pnn_parameter_count_grows_linearly_with_tasks():
     assert trainable == steps[-1]  # only the newest column and its adapters train
 
 
+def test_pnn_columns_and_adapters_take_the_configured_init():
+    # A-GEM's PROG-NN columns are built by the same TF initialisers as its MLP (model.init=trunc_normal)
+    pnn = PNN(hidden=[16, 16], init="trunc_normal")
+    L = _learner(pnn, n_tasks=5)
+    pnn.before_task(2)  # three columns
+    linears = [m for m in L.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3 * 3 + 2 * 2  # three columns of three layers; columns 2-3 adapt into layer 2 and head
+    for m in linears:
+        assert m.weight.abs().max() <= 0.2 and 0.07 < m.weight.std() < 0.11  # N(0, 0.1) cut at 2 std (std 0.088)
+        assert m.bias is None or torch.all(m.bias == 0.1)
+    with pytest.raises(ConfigError, match="method.init"):
+        PNN(init="orthogonal")
+
+
 def test_supsup_stores_one_bit_per_weight_per_task():
     ss = SupSup(sparsity=0.5)
     L = _learner(ss)

@@ -230,6 +230,20 @@ def test_mlp_xavier_init_is_mammoths_scale_with_zero_biases():
         MLP((1, 28, 28), 10, init="orthogonal")
 
 
+def test_mlp_trunc_normal_init_is_agems_tf_initialiser():
+    import torch
+
+    from clrun.models import MLP
+
+    torch.manual_seed(0)
+    net = MLP((1, 28, 28), 10, [256, 256], init="trunc_normal")
+    for layer in (net.features[1], net.features[3], net.head):
+        w = layer.weight.detach()
+        assert w.abs().max() <= 0.2  # tf.truncated_normal_initializer(stddev=0.1) redraws beyond 2 std
+        assert abs(w.std().item() - 0.088) < 0.003  # the std of N(0, 0.1) cut at +-2 std
+        assert torch.all(layer.bias == 0.1)  # tf.constant_initializer(0.1)
+
+
 def test_a_finished_run_leaves_no_stream_behind(tmp_path):
     # a sweep runs job after job in one process: the last job's tensors must be gone before the next builds its own
     import gc

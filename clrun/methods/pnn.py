@@ -14,13 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clrun.methods.base import Method, require
+from clrun.models import MLP_INITS, init_linear_
 
 
 class ProgressiveNet(nn.Module):
-    def __init__(self, in_features: int, hidden: list[int], n_outputs: int):
+    def __init__(self, in_features: int, hidden: list[int], n_outputs: int, init: str = "torch"):
         super().__init__()
         self.widths = [in_features, *hidden]
         self.n_outputs = n_outputs
+        self.init = init
         self.columns = nn.ModuleList()  # column k: hidden layers then its head
         self.laterals = nn.ModuleList()  # column k: adapters into hidden layers 1.. and the head
 
@@ -33,6 +35,8 @@ class ProgressiveNet(nn.Module):
             self.laterals.append(nn.ModuleList(nn.Linear(w[i + 1], o, bias=False) for i, o in enumerate(outs)))
         else:
             self.laterals.append(nn.ModuleList())
+        init_linear_(self.columns[-1], self.init)
+        init_linear_(self.laterals[-1], self.init)
 
     def forward(self, x: Tensor, column: int) -> Tensor:
         h0 = x.flatten(1)
@@ -53,14 +57,16 @@ class ProgressiveNet(nn.Module):
 class PNN(Method):
     scenarios = ("task_il",)
 
-    def __init__(self, hidden: list[int] = (100, 100)):
+    def __init__(self, hidden: list[int] = (100, 100), init: str = "torch"):
         require(len(hidden) >= 1 and all(h >= 1 for h in hidden), f"method.hidden={hidden!r} needs widths >= 1")
+        require(init in MLP_INITS, f"method.init={init!r} is not allowed; use one of {', '.join(MLP_INITS)}")
         self.hidden = list(hidden)
+        self.init = init
 
     def setup(self) -> None:
         L = self.learner
         in_features = math.prod(L.stream.tasks[0].train_x.shape[1:])
-        L.model = ProgressiveNet(in_features, self.hidden, L.scenario.n_outputs)
+        L.model = ProgressiveNet(in_features, self.hidden, L.scenario.n_outputs, self.init)
         L.model.add_column()  # the untrained model that row init measures
         L.model.to(L.device)
 
