@@ -97,17 +97,21 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=agem_perm_mnist method=ewc,mas seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_b
   clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn
   clrun -m +experiment=agem_perm_mnist method=joint seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_joint
-  # its GEM row: up to 16 memory gradients of 250 samples every step, about 2 CPU-hours a run; the three seeds
-  # side by side (one thread each), or on a GPU: EXP=agem_perm_mnist CELLS="gem domain_il" bash benchmarks/gpu_cells.sh $r
-  for s in 0 1 2; do
-    clrun -m +experiment=agem_perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
-  done
-  wait
-  # the two Seq-MNIST cells outside the paper's spread with 3 seeds, at the paper's 10 runs (seeds 3-9)
+  # Its GEM row is not in the README's table: up to 16 memory gradients of 250 samples every step, 80-95
+  # CPU-minutes a run at one thread. To run it, three seeds side by side (or on a GPU machine:
+  # EXP=agem_perm_mnist CELLS="gem domain_il" bash benchmarks/gpu_cells.sh $r):
+  #   for s in 0 1 2; do
+  #     clrun -m +experiment=agem_perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
+  #   done; wait
+  # cells just outside the paper's spread with 3 seeds, at the paper's 10 runs (seeds 3-9 added)
   clrun -m +experiment=der_seq_mnist method=agem buffer=5120 seed=3,4,5,6,7,8,9 $o \
     hydra.sweep.dir=$r/der_seq_mnist_more_seeds_agem5120
   clrun -m +experiment=der_seq_mnist method=er buffer=200 seed=3,4,5,6,7,8,9 $o \
     hydra.sweep.dir=$r/der_seq_mnist_more_seeds_er200
+  clrun -m +experiment=der_perm_mnist method=der buffer=500 seed=3,4,5,6,7,8,9 $o \
+    hydra.sweep.dir=$r/der_perm_mnist_more_seeds_der500
+  clrun -m +experiment=der_perm_mnist method=er buffer=200 seed=3,4,5,6,7,8,9 $o \
+    hydra.sweep.dir=$r/der_perm_mnist_more_seeds_er200
   # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF run here (about 20
   # CPU-minutes a run); the other 11 cells ran on a GPU machine:
   #   bash benchmarks/gpu_cells.sh $r   (and SEEDS="3 4" for the class-IL seeds 3-4)
@@ -129,6 +133,13 @@ if [[ $what == all || $what == papers_checks ]]; then
   # joint as van de Ven train it (incremental: at task t on tasks 1..t) instead of mammoth's one final pass
   clrun -m +experiment=der_seq_mnist_base method=joint method.schedule=incremental $o \
     hydra.sweep.dir=$c/joint_incremental
+  # A-GEM's table on PyTorch's default initialisation instead of the authors' TF one (the preset before)
+  a=$c/agem_torch_init
+  clrun -m +experiment=agem_perm_mnist model.init=torch method=agem,naive seed=0,1,2 $o hydra.sweep.dir=$a/a
+  clrun -m +experiment=agem_perm_mnist model.init=torch method=ewc,mas seed=0,1,2 $o hydra.sweep.dir=$a/b
+  clrun -m +experiment=agem_perm_mnist model.init=torch method=pnn scenario=task_il seed=0,1,2 $o \
+    hydra.sweep.dir=$a/pnn
+  clrun -m +experiment=agem_perm_mnist model.init=torch method=joint seed=0,1,2 $o hydra.sweep.dir=$a/joint
   # R-MNIST rotated with bilinear interpolation instead of mammoth's nearest neighbour
   clrun -m +experiment=der_rot_mnist_base method=naive,joint benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/base
@@ -155,7 +166,7 @@ if [[ $what == all || $what == papers_checks ]]; then
   done
   clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=1 method.alpha=0.25 $o \
     hydra.run.dir=$c/lwf_alpha_quarter/domain_il_s1
-  for d in seen_units standardised torch_init joint_incremental bilinear_rotation plain_regularisers; do
+  for d in seen_units standardised torch_init joint_incremental bilinear_rotation plain_regularisers agem_torch_init; do
     clrun-report $c/$d -o $c/$d --compare-paper | tee $c/$d/compare_paper.md
   done
 fi
