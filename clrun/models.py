@@ -20,20 +20,22 @@ class Backbone(nn.Module):
         return self.head(self.features(x))
 
 
-MLP_INITS = ("torch", "xavier", "trunc_normal")
+LINEAR_INITS = ("torch", "xavier", "trunc_normal")
 
 
 def init_linear_(module: nn.Module, init: str) -> None:
     """Re-initialise every Linear in ``module`` as a paper's code did; ``torch`` keeps PyTorch's default."""
-    if init not in MLP_INITS:
-        raise ConfigError(f"model.init={init!r} is not allowed; use one of {', '.join(MLP_INITS)}")
+    if init not in LINEAR_INITS:
+        raise ConfigError(f"model.init={init!r} is not allowed; use one of {', '.join(LINEAR_INITS)}")
+    if init == "torch":
+        return
     for m in module.modules():
-        if not isinstance(m, nn.Linear) or init == "torch":
+        if not isinstance(m, nn.Linear):
             continue
         if init == "xavier":  # mammoth's MNISTMLP: Xavier-uniform weights, zero biases (2-3x PyTorch's scale)
             nn.init.xavier_uniform_(m.weight)
             bias = 0.0
-        else:  # trunc_normal, A-GEM's TF code: N(0, 0.1) cut at 2 std, biases 0.1 (~4x PyTorch's scale)
+        else:  # trunc_normal, A-GEM's TF code: N(0, 0.1) cut at 2 std, biases 0.1 (2.4-4x PyTorch's std here)
             nn.init.trunc_normal_(m.weight, std=0.1, a=-0.2, b=0.2)
             bias = 0.1
         if m.bias is not None:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clrun.methods.base import Method, require
-from clrun.models import MLP_INITS, init_linear_
+from clrun.models import LINEAR_INITS, init_linear_
 
 
 class ProgressiveNet(nn.Module):
@@ -59,7 +59,7 @@ class PNN(Method):
 
     def __init__(self, hidden: list[int] = (100, 100), init: str = "torch"):
         require(len(hidden) >= 1 and all(h >= 1 for h in hidden), f"method.hidden={hidden!r} needs widths >= 1")
-        require(init in MLP_INITS, f"method.init={init!r} is not allowed; use one of {', '.join(MLP_INITS)}")
+        require(init in LINEAR_INITS, f"method.init={init!r} is not allowed; use one of {', '.join(LINEAR_INITS)}")
         self.hidden = list(hidden)
         self.init = init
 
