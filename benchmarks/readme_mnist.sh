@@ -136,6 +136,9 @@ if [[ $what == all || $what == papers_checks ]]; then
   # joint as van de Ven train it (incremental: at task t on tasks 1..t) instead of mammoth's one final pass
   clrun -m +experiment=der_seq_mnist_base method=joint method.schedule=incremental $o \
     hydra.sweep.dir=$c/joint_incremental
+  # A-GEM's PROG-NN with clrun's default laterals (one adapter on the earlier columns' mean; the preset before)
+  clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il method.laterals=mean seed=0,1,2,3,4 $o \
+    hydra.sweep.dir=$c/agem_pnn_mean_laterals
   # A-GEM's table on PyTorch's default initialisation instead of the authors' TF one (the preset before)
   a=$c/agem_torch_init
   clrun -m +experiment=agem_perm_mnist model.init=torch method=agem,naive seed=0,1,2 $o hydra.sweep.dir=$a/a

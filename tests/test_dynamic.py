@@ -25,8 +25,9 @@ def _outputs(L, task_id):
         return L.method.predict(x, task_id, task_id).clone()
 
 
-@pytest.mark.parametrize("make", [lambda: PNN(hidden=[16, 16]), lambda: PackNet(prune=0.5, post_prune_epochs=1),
-                                  lambda: SupSup(sparsity=0.5)], ids=["pnn", "packnet", "supsup"])
+@pytest.mark.parametrize("make", [lambda: PNN(hidden=[16, 16]), lambda: PNN(hidden=[16, 16], laterals="per_column"),
+                                  lambda: PackNet(prune=0.5, post_prune_epochs=1), lambda: SupSup(sparsity=0.5)],
+                         ids=["pnn", "pnn_per_column", "packnet", "supsup"])
 def test_old_task_outputs_are_bit_identical_after_later_tasks(make):
     # momentum 0.9 on purpose: frozen weights must not drift through the optimiser's state either
     L = _learner(make())
@@ -70,6 +71,38 @@ def test_pnn_parameter_count_grows_linearly_with_tasks():
     assert len(set(steps)) == 1 and counts[0] < steps[0]
     trainable = sum(p.numel() for p in L.model.parameters() if p.requires_grad)
     assert trainable == steps[-1]  # only the newest column and its adapters train
+
+
+def test_pnn_per_column_laterals_grow_quadratically_and_feed_every_layer():
+    # A-GEM's PROG-NN: column k has, per earlier column, a Linear with bias into each layer (the first one included)
+    pnn = PNN(hidden=[16, 16], laterals="per_column")
+    L = _learner(pnn, n_tasks=5)
+    counts = []
+    for t in range(5):
+        pnn.before_task(t)
+        counts.append(L.n_parameters())
+    steps = [b - a for a, b in zip(counts, counts[1:])]
+    assert steps == [(k + 1) * counts[0] for k in range(1, 5)]  # each lateral set has a column's shapes
+    trainable = sum(p.numel() for p in L.model.parameters() if p.requires_grad)
+    assert trainable == steps[-1]
+    # column 1 by hand: every layer adds column 0's input to that layer through its own Linear
+    net, x = L.model, torch.randn(3, 1, 4, 4)
+    c0, c1, c2 = net.columns[:3]
+    def lat(k, layer, j, h):  # column k's Linear from column j into layer: its block of the bank
+        bank = net.laterals[k][layer]
+        n_in = h.shape[1]
+        return h @ bank.weight[:, j * n_in:(j + 1) * n_in].T + bank.bias[j]
+    h0 = x.flatten(1)
+    a1 = torch.relu(c0[0](h0))
+    a2 = torch.relu(c0[1](a1))
+    b1 = torch.relu(c1[0](h0) + lat(1, 0, 0, h0))
+    b2 = torch.relu(c1[1](b1) + lat(1, 1, 0, a1))
+    assert torch.allclose(net(x, 1), c1[2](b2) + lat(1, 2, 0, a2), atol=1e-5)
+    d1 = torch.relu(c2[0](h0) + lat(2, 0, 0, h0) + lat(2, 0, 1, h0))
+    d2 = torch.relu(c2[1](d1) + lat(2, 1, 0, a1) + lat(2, 1, 1, b1))
+    assert torch.allclose(net(x, 2), c2[2](d2) + lat(2, 2, 0, a2) + lat(2, 2, 1, b2), atol=1e-5)
+    with pytest.raises(ConfigError, match="method.laterals"):
+        PNN(laterals="sum")
 
 
 def test_pnn_columns_and_adapters_take_the_configured_init():
