@@ -94,11 +94,12 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=der_rot_mnist method=gem buffer=5120 $o hydra.sweep.dir=$r/der_rot_mnist_gem5120
   # A-GEM's permuted MNIST (17 tasks of 60,000 samples in batches of 10)
   clrun -m +experiment=agem_perm_mnist method=agem,naive seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_a
-  clrun -m +experiment=agem_perm_mnist method=ewc,mas seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_b
+  clrun -m +experiment=agem_perm_mnist method=ewc seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_b
+  clrun -m +experiment=agem_perm_mnist method=mas seed=0,1,2,3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_mas
   clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn
   clrun -m +experiment=agem_perm_mnist method=joint seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_joint
   # ... and seeds 3-4, the paper's five runs
-  clrun -m +experiment=agem_perm_mnist method=agem,naive,ewc,mas,joint seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_s34
+  clrun -m +experiment=agem_perm_mnist method=agem,naive,ewc,joint seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_s34
   clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn_s34
   # Its GEM row is not in the README's table: up to 16 memory gradients of 250 samples every step, about 95
   # CPU-minutes a run at one thread (papers_checks/agem_gem_300_steps). To run it, three seeds side by side
@@ -136,6 +137,10 @@ if [[ $what == all || $what == papers_checks ]]; then
   # joint as van de Ven train it (incremental: at task t on tasks 1..t) instead of mammoth's one final pass
   clrun -m +experiment=der_seq_mnist_base method=joint method.schedule=incremental $o \
     hydra.sweep.dir=$c/joint_incremental
+  # A-GEM's MAS as clrun's default MAS (Aljundi et al.'s per-sample importance from 2,000 samples, one
+  # (importance, anchor) pair per task) at the paper's strength; the preset before
+  clrun -m +experiment=agem_perm_mnist method=mas method.lam=0.1 method.samples=2000 method.online=false \
+    method.gamma=1 method.abs_batch=null seed=0,1,2,3,4 $o hydra.sweep.dir=$c/agem_mas_aljundi
   # A-GEM's PROG-NN with clrun's default laterals (one adapter on the earlier columns' mean; the preset before)
   clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il method.laterals=mean seed=0,1,2,3,4 $o \
     hydra.sweep.dir=$c/agem_pnn_mean_laterals

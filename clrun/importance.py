@@ -168,20 +168,32 @@ def fisher_diag(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor, kind: str 
 
 
 def mas_importance(model: nn.Module, x: Tensor, mask: Tensor, chunk: int = 256,
-                   backend: str = "auto") -> dict[str, Tensor]:
-    """MAS: E_x |d(0.5 ||f(x)||^2)/d theta| with f(x) the candidate outputs (non-candidates zeroed)."""
+                   backend: str = "auto", abs_batch: int | None = None) -> dict[str, Tensor]:
+    """MAS: E_x |d(0.5 ||f(x)||^2)/d theta| with f(x) the candidate outputs (non-candidates zeroed).
+
+    ``abs_batch=n``: the absolute value is taken of the gradient of n samples' summed norms, as A-GEM's code
+    does (batches of 100), not of each sample's; |sum| <= sum |.|, so the importance is smaller."""
     was_training = model.training
     model.eval()
 
     def half_sq_norm(logits: Tensor, mi: Tensor) -> Tensor:
         return 0.5 * (logits * mi).pow(2).sum()
 
-    total = {n: torch.zeros_like(p) for n, p in _named_trainable(model).items()}
-    chunk = _chunk(model, chunk, backend)
-    for s in range(0, len(x), chunk):
-        absolute = grad_stat_sum(model, x[s : s + chunk], half_sq_norm, (mask[s : s + chunk],), torch.abs, backend)
-        for n, g in absolute.items():
-            total[n] += g
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    if abs_batch is not None:
+        for s in range(0, len(x), abs_batch):
+            grads = torch.autograd.grad(half_sq_norm(model(x[s : s + abs_batch]), mask[s : s + abs_batch]),
+                                        list(params.values()))
+            for n, g in zip(params, grads):
+                total[n] += g.abs()
+    else:
+        chunk = _chunk(model, chunk, backend)
+        for s in range(0, len(x), chunk):
+            absolute = grad_stat_sum(model, x[s : s + chunk], half_sq_norm, (mask[s : s + chunk],), torch.abs,
+                                     backend)
+            for n, g in absolute.items():
+                total[n] += g
     model.train(was_training)
     return {n: t / len(x) for n, t in total.items()}
 

@@ -109,6 +109,14 @@ def test_mas_matches_brute_force_and_needs_no_labels():
         fast = mas_importance(model, x, mask, chunk=5, backend=backend)
         for n in slow:
             torch.testing.assert_close(fast[n], slow[n], rtol=1e-6, atol=1e-9)
+    # A-GEM's code: |gradient of a batch's summed norms|, batch by batch, smaller than the per-sample mean of |.|
+    batched, params = mas_importance(model, x, mask, abs_batch=4), dict(model.named_parameters())
+    for n, b in batched.items():
+        by_hand = sum(torch.autograd.grad(0.5 * (model(x[s : s + 4]) * mask[s : s + 4]).pow(2).sum(), params[n])[0]
+                      .abs() for s in range(0, len(x), 4)) / len(x)
+        torch.testing.assert_close(b, by_hand)
+        assert (b <= slow[n] + 1e-12).all()
+    assert sum(b.sum() for b in batched.values()) < 0.99 * sum(t.sum() for t in slow.values())
     # through the method: shuffling the task's labels leaves MAS's importance unchanged
     omegas = []
     for shuffle in (False, True):

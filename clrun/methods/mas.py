@@ -10,14 +10,17 @@ from clrun.methods.quadratic import QuadraticPenalty
 
 class MAS(QuadraticPenalty):
     def __init__(self, lam: float = 1.0, samples: int | None = 2000, online: bool = False, gamma: float = 1.0,
-                 chunk: int = 16, backend: str = "auto"):
+                 chunk: int = 16, backend: str = "auto", abs_batch: int | None = None):
         require(samples is None or samples >= 1, f"method.samples={samples!r} must be a positive integer or null")
+        require(abs_batch is None or abs_batch >= 1,
+                f"method.abs_batch={abs_batch!r} must be a positive integer or null")
         super().__init__(lam, online=online, gamma=gamma)
-        self.samples, self.chunk, self.backend = samples, chunk, backend
+        self.samples, self.chunk, self.backend, self.abs_batch = samples, chunk, backend, abs_batch
 
     def after_task(self, task_id: int) -> None:
         L = self.learner
         if task_id == len(L.stream) - 1:
             return  # no later task would be anchored by it
         x, _labels_unused, ids = L.task_sample(task_id, self.samples)
-        self.consolidate(mas_importance(L.model, x, L.scenario.candidates(ids, task_id), self.chunk, self.backend))
+        mask = L.scenario.candidates(ids, task_id)
+        self.consolidate(mas_importance(L.model, x, mask, self.chunk, self.backend, self.abs_batch))
