@@ -138,7 +138,7 @@ class Learner:
                     raise Interrupted(f"{self.stop_requested} during task {task_id + 1}")
                 idx = order[s : s + self.batch_size]
                 ids = ids_all[idx]
-                x = task.inputs(x_all[idx]) if single_task else self._view(x_all[idx], ids)
+                x = task.inputs(x_all[idx]) if single_task else self.view(x_all[idx], ids)
                 batch = Batch(x, y_all[idx], ids, task_id)
                 if self.on_nan == "skip":
                     snapshot = [p.detach().clone() for p in self.model.parameters()]
@@ -180,8 +180,8 @@ class Learner:
             m.after_task(task_id)
         return rows
 
-    def _view(self, x: Tensor, ids: Tensor) -> Tensor:
-        """Apply each sample's task view (permutation) to a batch that mixes tasks (joint training)."""
+    def view(self, x: Tensor, ids: Tensor) -> Tensor:
+        """Apply each sample's task view (permutation) to stored inputs that mix tasks (joint, exemplars)."""
         tasks = self.stream.tasks
         if all(t.perm is None for t in tasks):
             return x

@@ -11,10 +11,10 @@ from clrun.methods.agem import agem_project
 from clrun.methods.base import Batch
 from clrun.methods.der import DER
 from clrun.methods.gem import gem_project
-from clrun.methods.icarl import herding
+from clrun.methods.icarl import ICaRL, herding
 from clrun.models import MLP
 from clrun.run import run
-from clrun.streams import ConfigError, Scenario, split
+from clrun.streams import ConfigError, Scenario, permuted, split
 from tests.conftest import FAST, clrun_cmd, make_cfg
 
 
@@ -126,6 +126,28 @@ def test_herding_picks_the_sample_nearest_the_mean_first():
     assert err < rand
 
 
+def test_icarl_merged_replay_puts_each_exemplar_in_the_task_training_set_once():
+    # mammoth's icarl_replay: the exemplars join the next task's data, each in its own task's view (permutation)
+    s = permuted(dataset="synthetic", n_tasks=3, side=4, n_train=40, n_test=10)
+    torch.manual_seed(0)
+    icarl = ICaRL(buffer_size=20, replay="merged")
+    L = Learner(MLP((1, 4, 4), 30, hidden=[16]), s, Scenario("class_il", s), icarl, batch_size=8)
+    L.train_task(0)
+    L.train_task(1)
+    x, y, ids = icarl.training_set(2)
+    n_new = len(s.tasks[2].train_y)
+    assert len(y) == n_new + 20 and (ids[:n_new] == 2).all() and set(ids[n_new:].tolist()) == {0, 1}
+    assert set(y[n_new:].tolist()) == set(icarl.exemplars) and set(y[:n_new].tolist()).isdisjoint(icarl.exemplars)
+    # stored before the view: rows of the training data, which L.view permutes as their own task does
+    ex, ex_ids = x[n_new:], ids[n_new:]
+    assert all(bool((s.tasks[1].train_x.flatten(1) == row).all(1).any()) for row in ex.flatten(1))
+    from_1 = ex_ids == 1
+    torch.testing.assert_close(L.view(ex, ex_ids)[from_1], s.tasks[1].inputs(ex[from_1]))
+    assert not torch.equal(L.view(ex, ex_ids)[from_1], ex[from_1])  # task 2's permutation is not the identity
+    with pytest.raises(ConfigError, match="method.replay"):
+        ICaRL(replay="stream")
+
+
 def test_class_balanced_buffer_smaller_than_classes_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="smaller than the 10 classes"):
         run(make_cfg(*FAST, "method=er", "buffer=5", "method.buffer_policy=class_balanced"), tmp_path)
@@ -136,10 +158,12 @@ def naive_class_il(tmp_path_factory):
     return run(make_cfg(*FAST, "epochs=3"), tmp_path_factory.mktemp("naive"))
 
 
-@pytest.mark.parametrize("method", ["er", "derpp", "agem", "gem", "icarl", "der"])
+@pytest.mark.parametrize("method", ["er", "derpp", "agem", "gem", "icarl", "icarl_merged", "der"])
 def test_replay_reduces_forgetting_on_synthetic_class_il(tmp_path, naive_class_il, method):
     naive = naive_class_il
-    row = run(make_cfg(*FAST, "epochs=3", f"method={method}", "buffer=100"), tmp_path / method)
+    extra = ["method.replay=merged"] if method == "icarl_merged" else []
+    name = method.removesuffix("_merged")
+    row = run(make_cfg(*FAST, "epochs=3", f"method={name}", "buffer=100", *extra), tmp_path / method)
     assert row["buffer_bytes"] > 0
     assert row["forgetting"] < naive["forgetting"] - 0.1
     # A-GEM only stops interference and plain DER has no label loss: in class-IL both lift ACC least

@@ -1,6 +1,10 @@
 """iCaRL (Rebuffi et al. 2017): exemplars chosen by herding (buffer // classes seen per class), training on
 new data + exemplars with binary cross-entropy whose old-class targets are the previous model's sigmoid
-outputs (distillation), and a nearest-class-mean classifier on L2-normalised features for prediction."""
+outputs (distillation), and a nearest-class-mean classifier on L2-normalised features for prediction.
+
+Exemplars are replayed either as a batch drawn from them at every step (``replay: batch``) or, as iCaRL's
+paper and mammoth's ``icarl_replay`` do, merged into the task's training set (``replay: merged``), so each
+exemplar is seen once per epoch among the new samples."""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clrun.methods.base import Batch
+from clrun.methods.base import Batch, require
 from clrun.methods.replay import ReplayMethod
+
+REPLAY_MODES = ("batch", "merged")
 
 
 def herding(features: Tensor, m: int) -> Tensor:
@@ -34,11 +40,16 @@ def herding(features: Tensor, m: int) -> Tensor:
 class ICaRL(ReplayMethod):
     scenarios = ("class_il", "task_il")
 
-    def __init__(self, buffer_size: int = 200, replay_batch_size: int | None = None, herding_batch: int = 2048):
+    def __init__(self, buffer_size: int = 200, replay_batch_size: int | None = None, herding_batch: int = 2048,
+                 replay: str = "batch"):
+        require(replay in REPLAY_MODES,
+                f"method.replay={replay!r} is not allowed; use one of {', '.join(REPLAY_MODES)}")
         super().__init__(buffer_size, "reservoir", replay_batch_size)
         self.herding_batch = herding_batch
+        self.replay = replay
         self.old_model: torch.nn.Module | None = None
-        self.exemplars: dict[int, tuple[Tensor, Tensor]] = {}  # unit -> (inputs in herding order, task ids)
+        # unit -> (stored inputs, before the task's view, in herding order; task ids)
+        self.exemplars: dict[int, tuple[Tensor, Tensor]] = {}
         self.class_means: Tensor | None = None  # [n_outputs, D], NaN rows for classes without exemplars
 
     def setup(self) -> None:
@@ -54,20 +65,27 @@ class ICaRL(ReplayMethod):
         model.train(was)
         return out
 
-    def _memory(self) -> tuple[Tensor, Tensor, Tensor] | None:
+    def _memory(self, viewed: bool = True) -> tuple[Tensor, Tensor, Tensor] | None:
         if not self.exemplars:
             return None
         units = list(self.exemplars)
         xs = torch.cat([self.exemplars[u][0] for u in units])
         ys = torch.cat([torch.full((len(self.exemplars[u][0]),), u, dtype=torch.long) for u in units])
         ids = torch.cat([self.exemplars[u][1] for u in units])
-        return xs, ys.to(xs.device), ids
+        return (self.learner.view(xs, ids) if viewed else xs), ys.to(xs.device), ids
+
+    def training_set(self, task_id: int) -> tuple[Tensor, Tensor, Tensor]:
+        x, y, ids = super().training_set(task_id)
+        memory = self._memory(viewed=False) if self.replay == "merged" else None
+        if memory is None:
+            return x, y, ids
+        return tuple(torch.cat([a, b.to(a.device)]) for a, b in zip((x, y, ids), memory))  # type: ignore[return-value]
 
     def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
         L = self.learner
         L.optimizer.zero_grad(set_to_none=True)
         x, y, ids = batch.x, batch.y, batch.task_ids
-        if self._mem is not None:
+        if self._mem is not None and self.replay == "batch":
             mx, my, mids = self._mem
             pick = torch.randperm(len(my), generator=L.generator)[: self.replay_batch_size].to(mx.device)
             x, y, ids = torch.cat([x, mx[pick]]), torch.cat([y, my[pick]]), torch.cat([ids, mids[pick]])
@@ -94,17 +112,17 @@ class ICaRL(ReplayMethod):
         self.old_model = copy.deepcopy(L.model).eval()
         for p in self.old_model.parameters():
             p.requires_grad_(False)
-        x, y, ids = L.task_sample(task_id)
+        x, y, ids = L.task_sample(task_id)  # every sample, in the task's order: row i is train_x[i] viewed
+        stored = L.stream.tasks[task_id].train_x
         new_units = y.unique().tolist()
         per_class = max(1, self.buffer_size // (len(self.exemplars) + len(new_units)))
         for u in self.exemplars:  # herding order means the first m are the best m
             ex, ex_ids = self.exemplars[u]
             self.exemplars[u] = (ex[:per_class], ex_ids[:per_class])
         for u in new_units:
-            xu = x[y == u]
-            chosen = herding(self.embed(xu), per_class)
-            self.exemplars[u] = (xu[chosen], ids[y == u][chosen])
-        feats = self.embed(torch.cat([self.exemplars[u][0] for u in self.exemplars]))
+            chosen = herding(self.embed(x[y == u]), per_class)
+            self.exemplars[u] = (stored[(y == u).to(stored.device)][chosen.to(stored.device)], ids[y == u][chosen])
+        feats = self.embed(self._memory()[0])
         means = torch.full((L.scenario.n_outputs, feats.shape[1]), float("nan"), device=feats.device)
         start = 0
         for u in self.exemplars:
