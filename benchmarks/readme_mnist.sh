@@ -72,9 +72,10 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=vandeven_split_mnist scenario=task_il,domain_il $o hydra.sweep.dir=$r/vandeven_split_mnist_a
   clrun -m +experiment=vandeven_split_mnist scenario=class_il $o hydra.sweep.dir=$r/vandeven_split_mnist_b
   clrun -m +experiment=der_seq_mnist_base $o hydra.sweep.dir=$r/der_seq_mnist_base
-  clrun -m +experiment=der_seq_mnist $o hydra.sweep.dir=$r/der_seq_mnist
+  clrun -m +experiment=der_seq_mnist method=er,agem,gem,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist
+  clrun -m +experiment=der_seq_mnist method=icarl buffer=200,500,5120 $o hydra.sweep.dir=$r/der_seq_mnist_icarl
   # the DER table's third column
-  clrun -m +experiment=der_seq_mnist buffer=5120 method=er,agem,icarl,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist_5120
+  clrun -m +experiment=der_seq_mnist buffer=5120 method=er,agem,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist_5120
   clrun -m +experiment=der_seq_mnist buffer=5120 method=gem seed=0,1,2 $o hydra.sweep.dir=$r/der_seq_mnist_5120_gem
   # P-MNIST and R-MNIST: 20 tasks
   clrun -m +experiment=der_perm_mnist_base method=naive,online_ewc,si $o hydra.sweep.dir=$r/der_perm_mnist_base
@@ -137,6 +138,9 @@ if [[ $what == all || $what == papers_checks ]]; then
   # joint as van de Ven train it (incremental: at task t on tasks 1..t) instead of mammoth's one final pass
   clrun -m +experiment=der_seq_mnist_base method=joint method.schedule=incremental $o \
     hydra.sweep.dir=$c/joint_incremental
+  # the DER table's iCaRL with a memory batch every step (the preset before) instead of merged exemplars
+  clrun -m +experiment=der_seq_mnist method=icarl method.replay=batch buffer=200,500,5120 $o \
+    hydra.sweep.dir=$c/icarl_batch_replay
   # A-GEM's MAS as clrun's default MAS (Aljundi et al.'s per-sample importance from 2,000 samples, one
   # (importance, anchor) pair per task) at the paper's strength; the preset before
   clrun -m +experiment=agem_perm_mnist method=mas method.lam=0.1 method.samples=2000 method.online=false \

@@ -18,6 +18,7 @@ from clrun.methods.base import Batch, require
 from clrun.methods.replay import ReplayMethod
 
 REPLAY_MODES = ("batch", "merged")
+LOSS_UNITS = ("sum", "mean")
 
 
 def herding(features: Tensor, m: int) -> Tensor:
@@ -41,12 +42,15 @@ class ICaRL(ReplayMethod):
     scenarios = ("class_il", "task_il")
 
     def __init__(self, buffer_size: int = 200, replay_batch_size: int | None = None, herding_batch: int = 2048,
-                 replay: str = "batch"):
+                 replay: str = "batch", loss_units: str = "sum"):
         require(replay in REPLAY_MODES,
                 f"method.replay={replay!r} is not allowed; use one of {', '.join(REPLAY_MODES)}")
+        require(loss_units in LOSS_UNITS,
+                f"method.loss_units={loss_units!r} is not allowed; use one of {', '.join(LOSS_UNITS)}")
         super().__init__(buffer_size, "reservoir", replay_batch_size)
         self.herding_batch = herding_batch
         self.replay = replay
+        self.loss_units = loss_units
         self.old_model: torch.nn.Module | None = None
         # unit -> (stored inputs, before the task's view, in herding order; task ids)
         self.exemplars: dict[int, tuple[Tensor, Tensor]] = {}
@@ -98,7 +102,9 @@ class ICaRL(ReplayMethod):
             target[:, old_units] = old[:, old_units]
         mask = L.scenario.candidates(ids, batch.task).float()
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        loss = (bce * mask).sum() / len(y) + L.penalty(batch, logits[: len(batch.y)])
+        # per sample, the BCE summed over its candidate units, or averaged over them (iCaRL's and mammoth's code)
+        per_sample = len(y) if self.loss_units == "sum" else mask.sum()
+        loss = (bce * mask).sum() / per_sample + L.penalty(batch, logits[: len(batch.y)])
         loss.backward()
         L.after_backward()
         L.optimizer.step()
