@@ -148,6 +148,37 @@ def test_icarl_merged_replay_puts_each_exemplar_in_the_task_training_set_once():
         ICaRL(replay="stream")
 
 
+def test_icarl_loss_units_mean_divides_the_summed_bce_by_the_candidate_units():
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=40, n_test=10)
+    losses = {}
+    for units in ("sum", "mean"):
+        torch.manual_seed(0)
+        icarl = ICaRL(buffer_size=40, loss_units=units)
+        L = Learner(MLP((1, 4, 4), 10, hidden=[16]), s, Scenario("class_il", s), icarl, batch_size=8,
+                    optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=0.0))
+        icarl.before_task(0)
+        L.make_optimizer()
+        t = s.tasks[0]
+        losses[units] = icarl.train_step(Batch(t.train_x[:8], t.train_y[:8], torch.zeros(8, dtype=torch.long), 0))[0]
+    torch.testing.assert_close(losses["mean"], losses["sum"] / 2)  # task 1 of class-IL: 2 candidate units
+
+
+def test_icarl_mammoth_class_means_average_batch_means_pairwise_on_raw_features():
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=40, n_test=10)
+    torch.manual_seed(0)
+    icarl = ICaRL(buffer_size=40, class_means="mammoth")  # 20 exemplars a class: batch means of 8, 8, 4
+    L = Learner(MLP((1, 4, 4), 10, hidden=[16]), s, Scenario("class_il", s), icarl, batch_size=8)
+    L.train_task(0)
+    for u, (ex, _) in icarl.exemplars.items():
+        with torch.no_grad():
+            f = L.model.features(ex)  # raw features, not L2-normalised
+        b1, b2, b3 = f[:8].mean(0), f[8:16].mean(0), f[16:].mean(0)
+        torch.testing.assert_close(icarl.class_means[u], ((b1 + b2) / 2 + b3) / 2)
+        assert not torch.allclose(icarl.class_means[u], f.mean(0))  # not the exemplars' mean
+    with pytest.raises(ConfigError, match="method.class_means"):
+        ICaRL(class_means="median")
+
+
 def test_class_balanced_buffer_smaller_than_classes_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="smaller than the 10 classes"):
         run(make_cfg(*FAST, "method=er", "buffer=5", "method.buffer_policy=class_balanced"), tmp_path)

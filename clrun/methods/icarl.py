@@ -19,6 +19,7 @@ from clrun.methods.replay import ReplayMethod
 
 REPLAY_MODES = ("batch", "merged")
 LOSS_UNITS = ("sum", "mean")
+CLASS_MEANS = ("normalized", "mammoth")
 
 
 def herding(features: Tensor, m: int) -> Tensor:
@@ -42,15 +43,18 @@ class ICaRL(ReplayMethod):
     scenarios = ("class_il", "task_il")
 
     def __init__(self, buffer_size: int = 200, replay_batch_size: int | None = None, herding_batch: int = 2048,
-                 replay: str = "batch", loss_units: str = "sum"):
+                 replay: str = "batch", loss_units: str = "sum", class_means: str = "normalized"):
         require(replay in REPLAY_MODES,
                 f"method.replay={replay!r} is not allowed; use one of {', '.join(REPLAY_MODES)}")
         require(loss_units in LOSS_UNITS,
                 f"method.loss_units={loss_units!r} is not allowed; use one of {', '.join(LOSS_UNITS)}")
+        require(class_means in CLASS_MEANS,
+                f"method.class_means={class_means!r} is not allowed; use one of {', '.join(CLASS_MEANS)}")
         super().__init__(buffer_size, "reservoir", replay_batch_size)
         self.herding_batch = herding_batch
         self.replay = replay
         self.loss_units = loss_units
+        self.class_mean_kind = class_means
         self.old_model: torch.nn.Module | None = None
         # unit -> (stored inputs, before the task's view, in herding order; task ids)
         self.exemplars: dict[int, tuple[Tensor, Tensor]] = {}
@@ -64,10 +68,9 @@ class ICaRL(ReplayMethod):
         model = self.learner.model
         was = model.training
         model.eval()
-        out = torch.cat([F.normalize(model.features(x[s : s + self.herding_batch]), dim=1)
-                         for s in range(0, len(x), self.herding_batch)])
+        out = torch.cat([model.features(x[s : s + self.herding_batch]) for s in range(0, len(x), self.herding_batch)])
         model.train(was)
-        return out
+        return F.normalize(out, dim=1) if self.class_mean_kind == "normalized" else out
 
     def _memory(self, viewed: bool = True) -> tuple[Tensor, Tensor, Tensor] | None:
         if not self.exemplars:
@@ -132,9 +135,14 @@ class ICaRL(ReplayMethod):
         means = torch.full((L.scenario.n_outputs, feats.shape[1]), float("nan"), device=feats.device)
         start = 0
         for u in self.exemplars:
-            n = len(self.exemplars[u][0])
-            means[u] = F.normalize(feats[start : start + n].mean(0), dim=0)
-            start += n
+            f = feats[start : start + len(self.exemplars[u][0])]
+            start += len(f)
+            if self.class_mean_kind == "normalized":
+                means[u] = F.normalize(f.mean(0), dim=0)
+            else:  # mammoth's compute_class_means: batch means averaged pairwise, so later batches weigh more
+                means[u] = f[: L.batch_size].mean(0)
+                for b in range(L.batch_size, len(f), L.batch_size):
+                    means[u] = (means[u] + f[b : b + L.batch_size].mean(0)) / 2
         self.class_means = means
 
     def predict(self, x: Tensor, task_id: int, upto: int) -> Tensor:
