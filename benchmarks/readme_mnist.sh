@@ -138,16 +138,23 @@ if [[ $what == all || $what == papers_checks ]]; then
   # joint as van de Ven train it (incremental: at task t on tasks 1..t) instead of mammoth's one final pass
   clrun -m +experiment=der_seq_mnist_base method=joint method.schedule=incremental $o \
     hydra.sweep.dir=$c/joint_incremental
-  # the DER table's iCaRL with a memory batch every step (the preset before) instead of merged exemplars
-  clrun -m +experiment=der_seq_mnist method=icarl method.replay=batch buffer=200,500,5120 $o \
+  # the DER table's iCaRL with a memory batch every step and the BCE summed over the units (the preset before),
+  # with merged exemplars but the summed BCE, and as the preset but with mammoth's class means
+  clrun -m +experiment=der_seq_mnist method=icarl method.replay=batch method.loss_units=sum buffer=200,500,5120 $o \
     hydra.sweep.dir=$c/icarl_batch_replay
+  clrun -m +experiment=der_seq_mnist method=icarl method.loss_units=sum buffer=200,500 $o \
+    hydra.sweep.dir=$c/icarl_merged_unit_sum
+  clrun -m +experiment=der_seq_mnist method=icarl method.loss_units=sum buffer=5120 $o \
+    hydra.sweep.dir=$c/icarl_merged_unit_sum_5120
+  clrun -m +experiment=der_seq_mnist method=icarl method.class_means=mammoth buffer=200,500,5120 $o \
+    hydra.sweep.dir=$c/icarl_mammoth_class_means
   # A-GEM's MAS as clrun's default MAS (Aljundi et al.'s per-sample importance from 2,000 samples, one
   # (importance, anchor) pair per task) at the paper's strength; the preset before
   clrun -m +experiment=agem_perm_mnist method=mas method.lam=0.1 method.samples=2000 method.online=false \
     method.gamma=1 method.abs_batch=null seed=0,1,2,3,4 $o hydra.sweep.dir=$c/agem_mas_aljundi
-  # A-GEM's PROG-NN with clrun's default laterals (one adapter on the earlier columns' mean; the preset before)
-  clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il method.laterals=mean seed=0,1,2,3,4 $o \
-    hydra.sweep.dir=$c/agem_pnn_mean_laterals
+  # A-GEM's PROG-NN with the authors' laterals (per earlier column, into every layer, the input included)
+  clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il method.laterals=per_column seed=0 $o \
+    hydra.sweep.dir=$c/agem_pnn_per_column
   # A-GEM's table on PyTorch's default initialisation instead of the authors' TF one (the preset before)
   a=$c/agem_torch_init
   clrun -m +experiment=agem_perm_mnist model.init=torch method=agem,naive seed=0,1,2 $o hydra.sweep.dir=$a/a
