@@ -59,33 +59,31 @@ def test_packnet_masks_are_disjoint_and_free_capacity_halves_each_task():
         assert (masks0[n] <= masks2[n]).all() and masks0[n].sum() < masks2[n].sum()
 
 
-def test_pnn_parameter_count_grows_linearly_with_tasks():
-    pnn = PNN(hidden=[16, 16])
-    L = _learner(pnn, n_tasks=5)
+def _pnn_growth(pnn: PNN, n_tasks: int = 5):
+    """The learner, the parameter count after each new column, and the trainable count at the last one."""
+    L = _learner(pnn, n_tasks=n_tasks)
     counts = []
-    for t in range(5):
+    for t in range(n_tasks):
         pnn.before_task(t)
         counts.append(L.n_parameters())
+    return L, counts, sum(p.numel() for p in L.model.parameters() if p.requires_grad)
+
+
+def test_pnn_parameter_count_grows_linearly_with_tasks():
+    _, counts, trainable = _pnn_growth(PNN(hidden=[16, 16]))
     steps = [b - a for a, b in zip(counts, counts[1:])]
     # every new column adds the same count (itself and its adapters): linear in T; the first has no adapters
     assert len(set(steps)) == 1 and counts[0] < steps[0]
-    trainable = sum(p.numel() for p in L.model.parameters() if p.requires_grad)
     assert trainable == steps[-1]  # only the newest column and its adapters train
 
 
 def test_pnn_per_column_laterals_grow_quadratically_and_feed_every_layer():
     # A-GEM's PROG-NN: column k has, per earlier column, a Linear with bias into each layer (the first one included)
-    pnn = PNN(hidden=[16, 16], laterals="per_column")
-    L = _learner(pnn, n_tasks=5)
-    counts = []
-    for t in range(5):
-        pnn.before_task(t)
-        counts.append(L.n_parameters())
+    L, counts, trainable = _pnn_growth(PNN(hidden=[16, 16], laterals="per_column"))
     steps = [b - a for a, b in zip(counts, counts[1:])]
     assert steps == [(k + 1) * counts[0] for k in range(1, 5)]  # each lateral set has a column's shapes
-    trainable = sum(p.numel() for p in L.model.parameters() if p.requires_grad)
     assert trainable == steps[-1]
-    # column 1 by hand: every layer adds column 0's input to that layer through its own Linear
+    # columns 1 and 2 by hand: every layer adds each earlier column's input to that layer through its own Linear
     net, x = L.model, torch.randn(3, 1, 4, 4)
     c0, c1, c2 = net.columns[:3]
     def lat(k, layer, j, h):  # column k's Linear from column j into layer: its block of the bank
