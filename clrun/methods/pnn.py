@@ -3,9 +3,9 @@ earlier columns frozen, lateral connections from the frozen columns' hidden laye
 Task-IL: task t is answered by column t, so earlier tasks cannot be forgotten.
 
 Laterals (``method.laterals``):
-- ``mean``: each layer l >= 2 of column k gets one bias-free adapter Linear(h_{l-1} -> h_l) applied to the mean
-  of the earlier columns' layer l-1 activations, so each column adds the same number of parameters (linear
-  growth in T).
+- ``mean``: every layer of column k but the first gets one bias-free adapter Linear(h_{l-1} -> h_l) applied to
+  the mean of the earlier columns' layer l-1 activations, so each column adds the same number of parameters
+  (linear growth in T).
 - ``per_column``: as A-GEM's code builds PROG-NN (model.py, extensible_fc_column_progNN): every layer of
   column k, the first included, gets from each earlier column j its own Linear with bias on column j's previous
   layer (the input for the first layer), summed. Column k then adds k + 1 columns' worth of parameters
