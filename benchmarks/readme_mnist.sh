@@ -102,12 +102,11 @@ if [[ $what == all || $what == papers ]]; then
   # ... and seeds 3-4, the paper's five runs
   clrun -m +experiment=agem_perm_mnist method=agem,naive,ewc,joint seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_s34
   clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn_s34
-  # Its GEM row is not in the README's table: up to 16 memory gradients of 250 samples every step, about 95
-  # CPU-minutes a run at one thread (papers_checks/agem_gem_300_steps). To run it, three seeds side by side
-  # (or on a GPU machine: EXP=agem_perm_mnist CELLS="gem domain_il" bash benchmarks/gpu_cells.sh $r):
-  #   for s in 0 1 2; do
-  #     clrun -m +experiment=agem_perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
-  #   done; wait
+  # its GEM row: up to 16 memory gradients of 250 samples every step, three seeds side by side, about two hours
+  # on the 2 cores (or on a GPU machine: EXP=agem_perm_mnist CELLS="gem domain_il" bash benchmarks/gpu_cells.sh $r)
+  for s in 0 1 2; do
+    clrun -m +experiment=agem_perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
+  done; wait
   # cells just outside the paper's spread with 3 seeds, at the paper's 10 runs (seeds 3-9 added)
   clrun -m +experiment=der_seq_mnist method=agem buffer=5120 seed=3,4,5,6,7,8,9 $o \
     hydra.sweep.dir=$r/der_seq_mnist_more_seeds_agem5120
