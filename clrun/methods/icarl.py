@@ -92,7 +92,7 @@ class ICaRL(ReplayMethod):
         L = self.learner
         L.optimizer.zero_grad(set_to_none=True)
         x, y, ids = batch.x, batch.y, batch.task_ids
-        if self._mem is not None and self.replay == "batch":
+        if self._mem is not None:
             mx, my, mids = self._mem
             pick = torch.randperm(len(my), generator=L.generator)[: self.replay_batch_size].to(mx.device)
             x, y, ids = torch.cat([x, mx[pick]]), torch.cat([y, my[pick]]), torch.cat([ids, mids[pick]])
@@ -114,7 +114,7 @@ class ICaRL(ReplayMethod):
         return loss.detach(), logits[: len(batch.y)].detach()
 
     def before_task(self, task_id: int) -> None:
-        self._mem = self._memory()
+        self._mem = self._memory() if self.replay == "batch" else None  # merged: training_set holds them
 
     def after_task(self, task_id: int) -> None:
         L = self.learner
