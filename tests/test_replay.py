@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clrun.buffer import ReplayBuffer, balanced_quotas
 from clrun.learner import Learner
@@ -161,6 +162,32 @@ def test_icarl_loss_units_mean_divides_the_summed_bce_by_the_candidate_units():
         t = s.tasks[0]
         losses[units] = icarl.train_step(Batch(t.train_x[:8], t.train_y[:8], torch.zeros(8, dtype=torch.long), 0))[0]
     torch.testing.assert_close(losses["mean"], losses["sum"] / 2)  # task 1 of class-IL: 2 candidate units
+
+
+def test_icarl_temperature_softens_the_old_models_sigmoid_targets():
+    # van de Ven's code: the old units learn sigmoid(z_old / T), T = 2; the new units their one-hot labels
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=40, n_test=10)
+    losses = {}
+    for T in (1.0, 2.0):
+        torch.manual_seed(0)
+        icarl = ICaRL(buffer_size=40, replay="merged", temperature=T)
+        L = Learner(MLP((1, 4, 4), 10, hidden=[16]), s, Scenario("class_il", s), icarl, batch_size=8,
+                    optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=0.0))  # lr 0: old model == model
+        L.train_task(0)
+        icarl.before_task(1)
+        t = s.tasks[1]
+        x, y = t.train_x[:8], t.train_y[:8]
+        losses[T] = icarl.train_step(Batch(x, y, torch.ones(8, dtype=torch.long), 1))[0]
+        with torch.no_grad():
+            z = L.model(x)
+        target = F.one_hot(y, 10).float()
+        old, seen = L.scenario.seen_units[0], L.scenario.seen_units[1]
+        target[:, old] = torch.sigmoid(z[:, old] / T)
+        by_hand = F.binary_cross_entropy_with_logits(z[:, seen], target[:, seen], reduction="sum") / len(y)
+        torch.testing.assert_close(losses[T], by_hand)
+    assert not torch.isclose(losses[1.0], losses[2.0])
+    with pytest.raises(ConfigError, match="method.temperature"):
+        ICaRL(temperature=0)
 
 
 def test_icarl_mammoth_class_means_average_batch_means_pairwise_on_raw_features():

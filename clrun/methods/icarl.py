@@ -1,6 +1,7 @@
 """iCaRL (Rebuffi et al. 2017): exemplars chosen by herding (buffer // classes seen per class), training on
 new data + exemplars with binary cross-entropy whose old-class targets are the previous model's sigmoid
-outputs (distillation), and a nearest-class-mean classifier on L2-normalised features for prediction.
+outputs (distillation; ``temperature`` T > 1 softens them to sigmoid(z_old / T), as van de Ven's code does with
+T = 2), and a nearest-class-mean classifier on L2-normalised features for prediction.
 
 Exemplars are replayed either as a batch drawn from them at every step (``replay: batch``) or, as iCaRL's
 paper and mammoth's ``icarl_replay`` do, merged into the task's training set (``replay: merged``), so each
@@ -43,14 +44,17 @@ class ICaRL(ReplayMethod):
     scenarios = ("class_il", "task_il")
 
     def __init__(self, buffer_size: int = 200, replay_batch_size: int | None = None, herding_batch: int = 2048,
-                 replay: str = "batch", loss_units: str = "sum", class_means: str = "normalized"):
+                 replay: str = "batch", loss_units: str = "sum", class_means: str = "normalized",
+                 temperature: float = 1.0):
         require(replay in REPLAY_MODES,
                 f"method.replay={replay!r} is not allowed; use one of {', '.join(REPLAY_MODES)}")
         require(loss_units in LOSS_UNITS,
                 f"method.loss_units={loss_units!r} is not allowed; use one of {', '.join(LOSS_UNITS)}")
         require(class_means in CLASS_MEANS,
                 f"method.class_means={class_means!r} is not allowed; use one of {', '.join(CLASS_MEANS)}")
+        require(temperature > 0, f"method.temperature={temperature!r} must be > 0")
         super().__init__(buffer_size, "reservoir", replay_batch_size)
+        self.temperature = float(temperature)
         self.herding_batch = herding_batch
         self.replay = replay
         self.loss_units = loss_units
@@ -99,8 +103,8 @@ class ICaRL(ReplayMethod):
         logits = self.forward(x, batch.task)
         target = F.one_hot(y, L.scenario.n_outputs).float()
         if self.old_model is not None:  # distillation: old units learn the old model's sigmoid outputs
-            with torch.no_grad():
-                old = torch.sigmoid(self.old_model(x))
+            with torch.no_grad():  # softened by the temperature (van de Ven's code: sigmoid(scores / T), T = 2)
+                old = torch.sigmoid(self.old_model(x) / self.temperature)
             old_units = L.scenario.seen_units[batch.task - 1]
             target[:, old_units] = old[:, old_units]
         mask = L.scenario.candidates(ids, batch.task).float()
