@@ -147,6 +147,13 @@ if [[ $what == all || $what == papers_checks ]]; then
     hydra.sweep.dir=$c/icarl_merged_unit_sum_5120
   clrun -m +experiment=der_seq_mnist method=icarl method.class_means=mammoth buffer=200,500,5120 $o \
     hydra.sweep.dir=$c/icarl_mammoth_class_means
+  # van de Ven's iCaRL as the presets had it (a memory batch every step, targets at T = 1), and with merged
+  # exemplars but iCaRL's T = 1 instead of the authors' T = 2; the permuted ones ran on a GPU:
+  #   EXP=vandeven_perm_mnist CELLS="icarl class_il" SEEDS="0 1 2 3 4" EXTRA=method.temperature=1 \
+  #     bash benchmarks/gpu_cells.sh DIR
+  clrun -m +experiment=vandeven_split_mnist_icarl method.replay=batch method.temperature=1 seed=0,1,2 $o \
+    hydra.sweep.dir=$c/vandeven_icarl_batch_replay
+  clrun -m +experiment=vandeven_split_mnist_icarl method.temperature=1 $o hydra.sweep.dir=$c/vandeven_icarl_t1
   # A-GEM's MAS as clrun's default MAS (Aljundi et al.'s per-sample importance from 2,000 samples, one
   # (importance, anchor) pair per task) at the paper's strength; the preset before
   clrun -m +experiment=agem_perm_mnist method=mas method.lam=0.1 method.samples=2000 method.online=false \
