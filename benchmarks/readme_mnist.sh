@@ -158,9 +158,10 @@ if [[ $what == all || $what == papers_checks ]]; then
   # (importance, anchor) pair per task) at the paper's strength; the preset before
   clrun -m +experiment=agem_perm_mnist method=mas method.lam=0.1 method.samples=2000 method.online=false \
     method.gamma=1 method.abs_batch=null seed=0,1,2,3,4 $o hydra.sweep.dir=$c/agem_mas_aljundi
-  # A-GEM's PROG-NN with the authors' laterals (per earlier column, into every layer, the input included)
-  clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il method.laterals=per_column seed=0 $o \
-    hydra.sweep.dir=$c/agem_pnn_per_column
+  # A-GEM's PROG-NN with clrun's mean laterals (one adapter per layer on the earlier columns' mean) instead of
+  # the authors' per-column ones (the preset before)
+  clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il method.laterals=mean seed=0,1,2,3,4 $o \
+    hydra.sweep.dir=$c/agem_pnn_mean_laterals
   # A-GEM's table on PyTorch's default initialisation instead of the authors' TF one (the preset before)
   a=$c/agem_torch_init
   clrun -m +experiment=agem_perm_mnist model.init=torch method=agem,naive seed=0,1,2 $o hydra.sweep.dir=$a/a
