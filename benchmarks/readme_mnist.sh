@@ -126,7 +126,7 @@ if [[ $what == all || $what == papers ]]; then
     hydra.sweep.dir=$r/der_rot_mnist_more_seeds_si
   clrun -m +experiment=der_rot_mnist method=der,derpp buffer=500 seed=3,4,5,6,7,8,9 $o \
     hydra.sweep.dir=$r/der_rot_mnist_more_seeds_500
-  clrun -m +experiment=der_rot_mnist method=er,derpp buffer=5120 seed=3,4,5,6,7,8,9 $o \
+  clrun -m +experiment=der_rot_mnist method=er,der,derpp buffer=5120 seed=3,4,5,6,7,8,9 $o \
     hydra.sweep.dir=$r/der_rot_mnist_more_seeds_5120
   # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF run here (about 20
   # CPU-minutes a run); the other 11 cells ran on a GPU machine:
