@@ -108,26 +108,20 @@ if [[ $what == all || $what == papers ]]; then
     clrun -m +experiment=agem_perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
   done; wait
   # cells just outside the paper's spread with 3 seeds, at the paper's 10 runs (seeds 3-9 added)
-  clrun -m +experiment=der_seq_mnist method=agem buffer=5120 seed=3,4,5,6,7,8,9 $o \
-    hydra.sweep.dir=$r/der_seq_mnist_more_seeds_agem5120
-  clrun -m +experiment=der_seq_mnist method=er buffer=200 seed=3,4,5,6,7,8,9 $o \
-    hydra.sweep.dir=$r/der_seq_mnist_more_seeds_er200
-  clrun -m +experiment=der_perm_mnist method=der buffer=500 seed=3,4,5,6,7,8,9 $o \
-    hydra.sweep.dir=$r/der_perm_mnist_more_seeds_der500
-  clrun -m +experiment=der_perm_mnist method=er buffer=200 seed=3,4,5,6,7,8,9 $o \
-    hydra.sweep.dir=$r/der_perm_mnist_more_seeds_er200
-  clrun -m +experiment=der_perm_mnist method=agem buffer=500 seed=3,4,5,6,7,8,9 $o \
-    hydra.sweep.dir=$r/der_perm_mnist_more_seeds_agem500
-  clrun -m +experiment=der_perm_mnist method=derpp buffer=200 seed=3,4,5,6,7,8,9 $o \
-    hydra.sweep.dir=$r/der_perm_mnist_more_seeds_derpp200
-  clrun -m +experiment=der_perm_mnist method=der buffer=5120 seed=3,4,5,6,7,8,9 $o \
-    hydra.sweep.dir=$r/der_perm_mnist_more_seeds_der5120
-  clrun -m +experiment=der_rot_mnist_base method=si seed=3,4,5,6,7,8,9 $o \
-    hydra.sweep.dir=$r/der_rot_mnist_more_seeds_si
-  clrun -m +experiment=der_rot_mnist method=der,derpp buffer=500 seed=3,4,5,6,7,8,9 $o \
-    hydra.sweep.dir=$r/der_rot_mnist_more_seeds_500
-  clrun -m +experiment=der_rot_mnist method=er,der,derpp buffer=5120 seed=3,4,5,6,7,8,9 $o \
-    hydra.sweep.dir=$r/der_rot_mnist_more_seeds_5120
+  while read -r exp name args; do
+    clrun -m +experiment=$exp $args seed=3,4,5,6,7,8,9 $o hydra.sweep.dir=$r/${exp}_more_seeds_$name </dev/null
+  done <<'CELLS'
+der_seq_mnist agem5120 method=agem buffer=5120
+der_seq_mnist er200 method=er buffer=200
+der_perm_mnist der500 method=der buffer=500
+der_perm_mnist er200 method=er buffer=200
+der_perm_mnist agem500 method=agem buffer=500
+der_perm_mnist derpp200 method=derpp buffer=200
+der_perm_mnist der5120 method=der buffer=5120
+der_rot_mnist_base si method=si
+der_rot_mnist 500 method=der,derpp buffer=500
+der_rot_mnist 5120 method=er,der,derpp buffer=5120
+CELLS
   # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF run here (about 20
   # CPU-minutes a run); the other 11 cells ran on a GPU machine:
   #   bash benchmarks/gpu_cells.sh $r   (and SEEDS="3 4" for the class-IL seeds 3-4)
