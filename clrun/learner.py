@@ -10,8 +10,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from clrun.buffer import balanced_quotas
 from clrun.methods.base import Batch, Method
 from clrun.streams import ConfigError, Scenario, Stream
+
+
+def per_class_first(labels: Tensor, n: int) -> Tensor:
+    """Mask keeping, of ``labels`` in a random order, the first few of each class: ``n`` in all, split
+    equally over the classes (a class with fewer samples gives its spare slots to the others)."""
+    classes, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
+    quota = balanced_quotas(counts, n)
+    # rank of each sample among its class's samples, in the given order (a stable sort keeps that order)
+    by_class = torch.sort(inverse, stable=True).indices
+    rank = torch.empty_like(inverse)
+    rank[by_class] = torch.arange(len(labels)) - (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
+    return rank < quota[inverse]
 
 
 class Diverged(RuntimeError):
@@ -191,15 +204,18 @@ class Learner:
             out[sel] = tasks[t].inputs(x[sel])
         return out
 
-    def task_sample(self, task_id: int, n: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def task_sample(self, task_id: int, n: int | None = None, per_class: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Up to ``n`` random training samples of one task: (inputs in the task's view, unit targets, task ids).
+        ``per_class``: the ``n`` are split equally over the task's classes (random within each class), as
+        Chaudhry et al.'s episodic memories keep 25 samples of each class of a task.
 
         Drawn with their own generator, so estimating importance does not shift the batch order."""
         task = self.stream.tasks[task_id]
         total = len(task.train_y)
         if n is not None and n < total:
             g = torch.Generator().manual_seed(self.seed * 7919 + task_id)
-            idx = torch.randperm(total, generator=g)[:n].to(self.device)
+            order = torch.randperm(total, generator=g)
+            idx = (order[per_class_first(task.train_y.cpu()[order], n)] if per_class else order[:n]).to(self.device)
         else:
             idx = torch.arange(total, device=self.device)
         ids = torch.full((len(idx),), task_id, dtype=torch.long, device=self.device)

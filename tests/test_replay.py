@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from clrun.buffer import ReplayBuffer, balanced_quotas
-from clrun.learner import Learner
-from clrun.methods.agem import agem_project
+from clrun.learner import Learner, per_class_first
+from clrun.methods.agem import AGEM, agem_project
 from clrun.methods.base import Batch
 from clrun.methods.der import DER
-from clrun.methods.gem import gem_project
+from clrun.methods.gem import GEM, gem_project
 from clrun.methods.icarl import ICaRL, herding
 from clrun.models import MLP
 from clrun.run import run
@@ -209,6 +209,32 @@ def test_icarl_mammoth_class_means_average_batch_means_pairwise_on_raw_features(
 def test_class_balanced_buffer_smaller_than_classes_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="smaller than the 10 classes"):
         run(make_cfg(*FAST, "method=er", "buffer=5", "method.buffer_policy=class_balanced"), tmp_path)
+
+
+def test_per_class_first_keeps_the_first_of_each_class_in_equal_numbers():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 0, 1, 2, 2, 2, 2])
+    assert per_class_first(labels, 6).tolist() == [1, 1, 0, 1, 1, 1, 0, 0, 1, 0, 0, 0]
+    # 7 slots over 3 classes: 3 + 2 + 2; class 1 has only 3 samples, so with 10 slots classes 0 and 2 take its spare
+    assert torch.bincount(labels[per_class_first(labels, 7)]).tolist() == [3, 2, 2]
+    assert torch.bincount(labels[per_class_first(labels, 10)]).tolist() == [4, 3, 3]
+
+
+@pytest.mark.parametrize("method_cls", [GEM, AGEM])
+def test_per_class_task_memory_holds_equal_counts_of_each_class(method_cls):
+    s = permuted(dataset="synthetic", n_tasks=3, side=4, n_train=200, n_test=20)
+    sc = Scenario("domain_il", s)
+    counts = {}
+    for memory in ("per_class", "random"):
+        method = method_cls(buffer_size=90, memory=memory)  # 30 a task: 3 of each of the 10 classes
+        L = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, method, batch_size=16)
+        for t in range(2):
+            L.train_task(t)
+        ys = torch.cat([m[1] for m in method.memories]) if method_cls is GEM else method.buffer.y[: len(method.buffer)]
+        counts[memory] = torch.bincount(ys, minlength=10)
+    assert counts["per_class"].tolist() == [6] * 10  # two tasks, 3 per class each
+    assert counts["random"].sum() == 60 and counts["random"].tolist() != [6] * 10
+    with pytest.raises(ConfigError, match="method.memory"):
+        method_cls(memory="herding")
 
 
 @pytest.fixture(scope="module")

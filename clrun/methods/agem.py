@@ -1,6 +1,6 @@
 """A-GEM (Chaudhry et al. 2019): if the new gradient g points against the reference gradient g_ref of a
 memory batch (g.g_ref < 0), project it: g <- g - (g.g_ref / g_ref.g_ref) g_ref. One extra forward/backward.
-The memory holds buffer // n_tasks random samples of each finished task."""
+The memory holds buffer // n_tasks samples of each finished task (``memory``: random, or equal per class)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from clrun.methods.base import Batch
-from clrun.methods.replay import ReplayMethod
+from clrun.methods.replay import ReplayMethod, task_memory
 
 
 def agem_project(g: Tensor, g_ref: Tensor) -> Tensor:
@@ -30,6 +30,11 @@ def set_flat_grad(params: list[torch.nn.Parameter], flat: Tensor) -> None:
 
 
 class AGEM(ReplayMethod):
+    def __init__(self, buffer_size: int = 200, buffer_policy: str = "reservoir", replay_batch_size: int | None = None,
+                 memory: str = "random"):
+        super().__init__(buffer_size, buffer_policy, replay_batch_size)
+        self.memory = task_memory(memory)
+
     def memory_loss(self, task_id: int) -> Tensor:
         x, y, ids, _ = self.buffer.sample(self.replay_batch_size)
         return self.learner.ce(self.forward(x, task_id), y, ids, task_id)
@@ -53,5 +58,5 @@ class AGEM(ReplayMethod):
 
     def after_task(self, task_id: int) -> None:
         per_task = max(1, self.buffer_size // len(self.learner.stream))
-        x, y, ids = self.learner.task_sample(task_id, per_task)
+        x, y, ids = self.learner.task_sample(task_id, per_task, per_class=self.memory == "per_class")
         self.buffer.add(x, y, ids)

@@ -1,6 +1,7 @@
-"""GEM (Lopez-Paz & Ranzato 2017): one memory per finished task (buffer // n_tasks samples each); when the
-new gradient g conflicts with any memory gradient g_k, replace it by the closest g~ with g~.g_k >= margin-ish,
-solving GEM's dual QP  min_v 0.5 v'GG'v + g'G'v  s.t. v >= 0,  g~ = G'v + g  with quadprog."""
+"""GEM (Lopez-Paz & Ranzato 2017): one memory per finished task (buffer // n_tasks samples each, random or
+equal per class: ``memory``); when the new gradient g conflicts with any memory gradient g_k, replace it by
+the closest g~ with g~.g_k >= margin-ish, solving GEM's dual QP  min_v 0.5 v'GG'v + g'G'v  s.t. v >= 0,
+g~ = G'v + g  with quadprog."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from clrun.methods.agem import flat_grad, set_flat_grad
 from clrun.methods.base import Batch, require
-from clrun.methods.replay import ReplayMethod
+from clrun.methods.replay import ReplayMethod, task_memory
 
 
 def gem_project(g: Tensor, G: Tensor, margin: float = 0.5, eps: float = 1e-8) -> Tensor:
@@ -30,10 +31,11 @@ def gem_project(g: Tensor, G: Tensor, margin: float = 0.5, eps: float = 1e-8) ->
 
 class GEM(ReplayMethod):
     def __init__(self, buffer_size: int = 200, buffer_policy: str = "reservoir", replay_batch_size: int | None = None,
-                 margin: float = 0.5):
+                 margin: float = 0.5, memory: str = "random"):
         require(margin >= 0, f"method.margin={margin!r} must be >= 0")
         super().__init__(buffer_size, buffer_policy, replay_batch_size)
         self.margin = float(margin)
+        self.memory = task_memory(memory)
         self.memories: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def setup(self) -> None:
@@ -60,7 +62,7 @@ class GEM(ReplayMethod):
         return loss.detach(), logits.detach()
 
     def after_task(self, task_id: int) -> None:
-        self.memories.append(self.learner.task_sample(task_id, self.per_task))
+        self.memories.append(self.learner.task_sample(task_id, self.per_task, per_class=self.memory == "per_class"))
 
     def extra_metrics(self) -> dict:
         return {"buffer_bytes": sum(t.nbytes for m in self.memories for t in m)}

@@ -6,6 +6,16 @@ from __future__ import annotations
 from clrun.buffer import POLICIES, ReplayBuffer
 from clrun.methods.base import Method, require
 
+# how GEM and A-GEM pick a finished task's episodic memory: random samples of the task, or an equal number
+# of each of its classes (Chaudhry et al.'s code: 25 per class)
+TASK_MEMORIES = ("random", "per_class")
+
+
+def task_memory(memory: str) -> str:
+    """Validate ``method.memory``."""
+    require(memory in TASK_MEMORIES, f"method.memory={memory!r} is not allowed; use one of {', '.join(TASK_MEMORIES)}")
+    return memory
+
 
 class ReplayMethod(Method):
     def __init__(self, buffer_size: int = 200, buffer_policy: str = "reservoir", replay_batch_size: int | None = None):
