@@ -94,13 +94,14 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=der_perm_mnist method=gem buffer=5120 $o hydra.sweep.dir=$r/der_perm_mnist_gem5120
   clrun -m +experiment=der_rot_mnist method=gem buffer=5120 $o hydra.sweep.dir=$r/der_rot_mnist_gem5120
   # A-GEM's permuted MNIST (17 tasks of 60,000 samples in batches of 10)
-  clrun -m +experiment=agem_perm_mnist method=agem,naive seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_a
+  clrun -m +experiment=agem_perm_mnist method=agem seed=0,1,2,3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_agem
+  clrun -m +experiment=agem_perm_mnist method=naive seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_a
   clrun -m +experiment=agem_perm_mnist method=ewc seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_b
   clrun -m +experiment=agem_perm_mnist method=mas seed=0,1,2,3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_mas
   clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn
   clrun -m +experiment=agem_perm_mnist method=joint seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_joint
   # ... and seeds 3-4, the paper's five runs
-  clrun -m +experiment=agem_perm_mnist method=agem,naive,ewc,joint seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_s34
+  clrun -m +experiment=agem_perm_mnist method=naive,ewc,joint seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_s34
   clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn_s34
   # its GEM row: up to 16 memory gradients of 250 samples every step, three seeds side by side, about two hours
   # on the 2 cores (or on a GPU machine: EXP=agem_perm_mnist CELLS="gem domain_il" bash benchmarks/gpu_cells.sh $r)
@@ -160,6 +161,14 @@ if [[ $what == all || $what == papers_checks ]]; then
   clrun -m +experiment=vandeven_split_mnist_icarl method.replay=batch method.temperature=1 seed=0,1,2 $o \
     hydra.sweep.dir=$c/vandeven_icarl_batch_replay
   clrun -m +experiment=vandeven_split_mnist_icarl method.temperature=1 $o hydra.sweep.dir=$c/vandeven_icarl_t1
+  # A-GEM's A-GEM and GEM with a random 250 samples of each task as memory instead of 25 of each class (the
+  # preset before; GEM's three seeds side by side, about two hours)
+  clrun -m +experiment=agem_perm_mnist method=agem method.memory=random seed=0,1,2,3,4 $o \
+    hydra.sweep.dir=$c/agem_random_memory/agem
+  for s in 0 1 2; do
+    clrun -m +experiment=agem_perm_mnist method=gem method.memory=random seed=$s $o \
+      hydra.sweep.dir=$c/agem_random_memory/gem_s$s &
+  done; wait
   # A-GEM's MAS as clrun's default MAS (Aljundi et al.'s per-sample importance from 2,000 samples, one
   # (importance, anchor) pair per task) at the paper's strength; the preset before
   clrun -m +experiment=agem_perm_mnist method=mas method.lam=0.1 method.samples=2000 method.online=false \
@@ -170,7 +179,9 @@ if [[ $what == all || $what == papers_checks ]]; then
     hydra.sweep.dir=$c/agem_pnn_mean_laterals
   # A-GEM's table on PyTorch's default initialisation instead of the authors' TF one (the preset before)
   a=$c/agem_torch_init
-  clrun -m +experiment=agem_perm_mnist model.init=torch method=agem,naive seed=0,1,2 $o hydra.sweep.dir=$a/a
+  clrun -m +experiment=agem_perm_mnist model.init=torch method=naive seed=0,1,2 $o hydra.sweep.dir=$a/a
+  clrun -m +experiment=agem_perm_mnist model.init=torch method=agem method.memory=random seed=0,1,2 $o \
+    hydra.sweep.dir=$a/agem
   clrun -m +experiment=agem_perm_mnist model.init=torch method=ewc,mas seed=0,1,2 $o hydra.sweep.dir=$a/b
   clrun -m +experiment=agem_perm_mnist model.init=torch method=pnn scenario=task_il seed=0,1,2 $o \
     hydra.sweep.dir=$a/pnn
@@ -187,7 +198,7 @@ if [[ $what == all || $what == papers_checks ]]; then
   clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/rehearsal
   # A-GEM's preset with the 1,000 samples a task of the authors' later script, and the cost of its GEM row
-  clrun +experiment=agem_perm_mnist method=agem benchmark.train_per_task=1000 seed=0 $o \
+  clrun +experiment=agem_perm_mnist method=agem benchmark.train_per_task=1000 method.memory=random seed=0 $o \
     hydra.run.dir=$c/agem_1000_per_task
   clrun +experiment=agem_perm_mnist method=gem iters=300 seed=0 $o hydra.run.dir=$c/agem_gem_300_steps
   # van de Ven's permuted MNIST, LwF in domain-IL with CE + KD (weighting=constant) instead of the paper's

@@ -96,6 +96,21 @@ def test_gem_projection_satisfies_every_constraint():
     assert (projected - g).norm() < g.norm()
 
 
+def test_gem_absolute_ridge_holds_the_dual_at_its_bound_on_small_gradients():
+    # memory gradients of norm ~0.01: GEM's code's ridge (1e-3) outweighs their Gram matrix (~1e-4)
+    torch.manual_seed(0)
+    G = 1e-3 * torch.randn(3, 100)
+    g = -5 * G.sum(0)
+    exact = gem_project(g, G, margin=0.5)
+    assert (G @ exact >= -1e-9).all()
+    ridged = gem_project(g, G, margin=0.5, ridge=1e-3)
+    assert (G @ ridged < 0).any()  # the constraints are not met
+    v = torch.linalg.lstsq(G.T.double(), (ridged - g).double().unsqueeze(1)).solution.squeeze(1)
+    assert v.min() >= 0.5 - 1e-6 and v.max() < 0.7  # near the margin, the dual's lower bound
+    with pytest.raises(ConfigError, match="method.ridge"):
+        GEM(ridge=0.0)
+
+
 def _learner(method, scenario="class_il"):
     s = split(dataset="synthetic", n_tasks=5, side=4, n_train=20, n_test=5)
     torch.manual_seed(0)
