@@ -72,7 +72,8 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=vandeven_split_mnist scenario=task_il,domain_il $o hydra.sweep.dir=$r/vandeven_split_mnist_a
   clrun -m +experiment=vandeven_split_mnist scenario=class_il $o hydra.sweep.dir=$r/vandeven_split_mnist_b
   clrun -m +experiment=der_seq_mnist_base $o hydra.sweep.dir=$r/der_seq_mnist_base
-  clrun -m +experiment=der_seq_mnist method=er,agem,gem,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist
+  clrun -m +experiment=der_seq_mnist method=er,agem,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist
+  clrun -m +experiment=der_seq_mnist method=gem $o hydra.sweep.dir=$r/der_seq_mnist_gem
   clrun -m +experiment=der_seq_mnist method=icarl buffer=200,500,5120 $o hydra.sweep.dir=$r/der_seq_mnist_icarl
   # the DER table's third column
   clrun -m +experiment=der_seq_mnist buffer=5120 method=er,agem,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist_5120
