@@ -120,6 +120,7 @@ der_perm_mnist er200 method=er buffer=200
 der_perm_mnist agem500 method=agem buffer=500
 der_perm_mnist derpp200 method=derpp buffer=200
 der_perm_mnist der5120 method=der buffer=5120
+der_perm_mnist gem500 method=gem buffer=500
 der_rot_mnist_base si method=si
 der_rot_mnist 500 method=der,derpp buffer=500
 der_rot_mnist 5120 method=er,der,derpp buffer=5120
@@ -162,14 +163,18 @@ if [[ $what == all || $what == papers_checks ]]; then
   clrun -m +experiment=vandeven_split_mnist_icarl method.replay=batch method.temperature=1 seed=0,1,2 $o \
     hydra.sweep.dir=$c/vandeven_icarl_batch_replay
   clrun -m +experiment=vandeven_split_mnist_icarl method.temperature=1 $o hydra.sweep.dir=$c/vandeven_icarl_t1
-  # A-GEM's A-GEM and GEM with a random 250 samples of each task as memory instead of 25 of each class (the
-  # preset before; GEM's three seeds side by side, about two hours)
+  # DER's GEM cells with clrun's relative ridge in the QP (1e-8 times the Gram matrix's mean diagonal) instead
+  # of mammoth's absolute 1e-3 (the presets before)
+  for p in der_seq_mnist der_perm_mnist der_rot_mnist; do
+    clrun -m +experiment=$p method=gem buffer=200,500,5120 method.ridge=null $o hydra.sweep.dir=$c/gem_relative_ridge/$p
+  done
+  # A-GEM's A-GEM with a random 250 samples of each task as memory instead of 25 of each class (the preset
+  # before), and its GEM with the authors' 25 of each class (the preset keeps a random 250 until its row is
+  # rerun; seed 0, about 1.5 CPU-hours)
   clrun -m +experiment=agem_perm_mnist method=agem method.memory=random seed=0,1,2,3,4 $o \
-    hydra.sweep.dir=$c/agem_random_memory/agem
-  for s in 0 1 2; do
-    clrun -m +experiment=agem_perm_mnist method=gem method.memory=random seed=$s $o \
-      hydra.sweep.dir=$c/agem_random_memory/gem_s$s &
-  done; wait
+    hydra.sweep.dir=$c/agem_random_memory
+  clrun -m +experiment=agem_perm_mnist method=gem method.memory=per_class seed=0 $o \
+    hydra.sweep.dir=$c/agem_gem_per_class_memory
   # A-GEM's MAS as clrun's default MAS (Aljundi et al.'s per-sample importance from 2,000 samples, one
   # (importance, anchor) pair per task) at the paper's strength; the preset before
   clrun -m +experiment=agem_perm_mnist method=mas method.lam=0.1 method.samples=2000 method.online=false \
