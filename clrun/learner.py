@@ -10,21 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from clrun.buffer import balanced_quotas
+from clrun.buffer import per_class_first
 from clrun.methods.base import Batch, Method
 from clrun.streams import ConfigError, Scenario, Stream
-
-
-def per_class_first(labels: Tensor, n: int) -> Tensor:
-    """Mask keeping, of ``labels`` in a random order, the first few of each class: ``n`` in all, split
-    equally over the classes (a class with fewer samples gives its spare slots to the others)."""
-    classes, inverse, counts = labels.unique(return_inverse=True, return_counts=True)
-    quota = balanced_quotas(counts, n)
-    # rank of each sample among its class's samples, in the given order (a stable sort keeps that order)
-    by_class = torch.sort(inverse, stable=True).indices
-    rank = torch.empty_like(inverse)
-    rank[by_class] = torch.arange(len(labels)) - (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
-    return rank < quota[inverse]
 
 
 class Diverged(RuntimeError):

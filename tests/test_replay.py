@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clrun.buffer import ReplayBuffer, balanced_quotas
-from clrun.learner import Learner, per_class_first
+from clrun.buffer import ReplayBuffer, balanced_quotas, per_class_first
+from clrun.learner import Learner
 from clrun.methods.agem import AGEM, agem_project
 from clrun.methods.base import Batch
 from clrun.methods.der import DER
