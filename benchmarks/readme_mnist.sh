@@ -124,6 +124,8 @@ der_perm_mnist gem500 method=gem buffer=500
 der_rot_mnist_base si method=si
 der_rot_mnist 500 method=der,derpp buffer=500
 der_rot_mnist 5120 method=er,der,derpp buffer=5120
+der_rot_mnist gem500 method=gem buffer=500
+der_rot_mnist gem5120 method=gem buffer=5120
 CELLS
   # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF run here (about 20
   # CPU-minutes a run); the other 11 cells ran on a GPU machine:
