@@ -109,7 +109,7 @@ if [[ $what == all || $what == papers ]]; then
   for s in 0 1 2; do
     clrun -m +experiment=agem_perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
   done; wait
-  # cells just outside the paper's spread with 3 seeds, at the paper's 10 runs (seeds 3-9 added)
+  # cells outside the paper's spread with 3 seeds, at the paper's 10 runs (seeds 3-9 added)
   while read -r exp name args; do
     clrun -m +experiment=$exp $args seed=3,4,5,6,7,8,9 $o hydra.sweep.dir=$r/${exp}_more_seeds_$name </dev/null
   done <<'CELLS'
@@ -126,6 +126,9 @@ der_rot_mnist 500 method=der,derpp buffer=500
 der_rot_mnist 5120 method=er,der,derpp buffer=5120
 der_rot_mnist gem500 method=gem buffer=500
 der_rot_mnist gem5120 method=gem buffer=5120
+der_rot_mnist agem200 method=agem buffer=200
+der_rot_mnist_base joint method=joint
+der_seq_mnist_base norep method=naive,si,lwf
 CELLS
   # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF run here (about 20
   # CPU-minutes a run); the other 11 cells ran on a GPU machine:
