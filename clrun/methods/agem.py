@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from clrun.methods.base import Batch
-from clrun.methods.replay import ReplayMethod, task_memory
+from clrun.methods.replay import EpisodicMemory
 
 
 def agem_project(g: Tensor, g_ref: Tensor) -> Tensor:
@@ -29,12 +29,7 @@ def set_flat_grad(params: list[torch.nn.Parameter], flat: Tensor) -> None:
         offset += n
 
 
-class AGEM(ReplayMethod):
-    def __init__(self, buffer_size: int = 200, buffer_policy: str = "reservoir", replay_batch_size: int | None = None,
-                 memory: str = "random"):
-        super().__init__(buffer_size, buffer_policy, replay_batch_size)
-        self.memory = task_memory(memory)
-
+class AGEM(EpisodicMemory):
     def memory_loss(self, task_id: int) -> Tensor:
         x, y, ids, _ = self.buffer.sample(self.replay_batch_size)
         return self.learner.ce(self.forward(x, task_id), y, ids, task_id)
@@ -57,6 +52,4 @@ class AGEM(ReplayMethod):
         return loss.detach(), logits.detach()
 
     def after_task(self, task_id: int) -> None:
-        per_task = max(1, self.buffer_size // len(self.learner.stream))
-        x, y, ids = self.learner.task_sample(task_id, per_task, per_class=self.memory == "per_class")
-        self.buffer.add(x, y, ids)
+        self.buffer.add(*self.task_memory(task_id))

@@ -12,38 +12,37 @@ from torch import Tensor
 
 from clrun.methods.agem import flat_grad, set_flat_grad
 from clrun.methods.base import Batch, require
-from clrun.methods.replay import ReplayMethod, task_memory
+from clrun.methods.replay import EpisodicMemory
 
 
-def gem_project(g: Tensor, G: Tensor, margin: float = 0.5, eps: float = 1e-8, ridge: float | None = None) -> Tensor:
+def gem_project(g: Tensor, G: Tensor, margin: float = 0.5, ridge: float | None = None) -> Tensor:
     """Project ``g`` [P] so that g~.g_k >= 0 for every row g_k of ``G`` [K, P] (GEM's dual QP, as published).
-    The ridge keeping the QP strictly convex is relative by default, eps * mean(diag GG') (GEM's absolute 1e-3
+    The ridge keeping the QP strictly convex is relative by default, 1e-8 * mean(diag GG') (GEM's absolute 1e-3
     lets g~.g_k go negative by 1e-3 * v_k on large gradients); ``ridge`` adds GEM's code's absolute one
     instead, which on small memory gradients also holds the dual v near its lower bound. Only the K x K Gram
     matrix and the K products G g leave the device for the QP solver; g~ = g + G'v is formed where g lives."""
     G, g = G.detach(), g.detach()
     k = G.shape[0]
     P = (G @ G.T).double().cpu().numpy()
-    diag = ridge if ridge is not None else eps * max(np.trace(P) / k, 1e-30)
+    diag = ridge if ridge is not None else 1e-8 * max(np.trace(P) / k, 1e-30)
     P = 0.5 * (P + P.T) + np.eye(k) * diag
     q = -(G @ g).double().cpu().numpy()
     v = quadprog.solve_qp(P, q, np.eye(k), np.zeros(k) + margin)[0]
     return g + torch.from_numpy(v).to(G) @ G
 
 
-class GEM(ReplayMethod):
+class GEM(EpisodicMemory):
     def __init__(self, buffer_size: int = 200, buffer_policy: str = "reservoir", replay_batch_size: int | None = None,
                  margin: float = 0.5, memory: str = "random", ridge: float | None = None):
         require(margin >= 0, f"method.margin={margin!r} must be >= 0")
         require(ridge is None or ridge > 0, f"method.ridge={ridge!r} must be > 0 or null (a relative ridge)")
-        super().__init__(buffer_size, buffer_policy, replay_batch_size)
+        super().__init__(buffer_size, buffer_policy, replay_batch_size, memory)
         self.margin = float(margin)
-        self.memory = task_memory(memory)
         self.ridge = ridge
         self.memories: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def setup(self) -> None:
-        self.per_task = max(1, self.buffer_size // len(self.learner.stream))
+        pass  # one memory per finished task (self.memories) replaces the shared buffer
 
     def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
         L = self.learner
@@ -66,7 +65,7 @@ class GEM(ReplayMethod):
         return loss.detach(), logits.detach()
 
     def after_task(self, task_id: int) -> None:
-        self.memories.append(self.learner.task_sample(task_id, self.per_task, per_class=self.memory == "per_class"))
+        self.memories.append(self.task_memory(task_id))
 
     def extra_metrics(self) -> dict:
         return {"buffer_bytes": sum(t.nbytes for m in self.memories for t in m)}

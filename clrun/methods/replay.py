@@ -1,20 +1,12 @@
-"""What every replay method shares: a memory of ``buffer`` samples and its size in metrics.csv.
-Not a method by itself."""
+"""What every replay method shares: a memory of ``buffer`` samples and its size in metrics.csv; and GEM's and
+A-GEM's per-task episodic memory (``EpisodicMemory``). Not methods by themselves."""
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from clrun.buffer import POLICIES, ReplayBuffer
 from clrun.methods.base import Method, require
-
-# how GEM and A-GEM pick a finished task's episodic memory: random samples of the task, or an equal number
-# of each of its classes (Chaudhry et al.'s code: 25 per class)
-TASK_MEMORIES = ("random", "per_class")
-
-
-def task_memory(memory: str) -> str:
-    """Validate ``method.memory``."""
-    require(memory in TASK_MEMORIES, f"method.memory={memory!r} is not allowed; use one of {', '.join(TASK_MEMORIES)}")
-    return memory
 
 
 class ReplayMethod(Method):
@@ -42,3 +34,24 @@ class ReplayMethod(Method):
 
     def extra_metrics(self) -> dict:
         return {"buffer_bytes": self.buffer.nbytes if hasattr(self, "buffer") else 0}
+
+
+# how GEM and A-GEM pick a finished task's episodic memory: random samples of the task, or an equal number
+# of each of its classes (Chaudhry et al.'s code: 25 per class)
+TASK_MEMORIES = ("random", "per_class")
+
+
+class EpisodicMemory(ReplayMethod):
+    """GEM and A-GEM: after each task, keep buffer // n_tasks of its samples (``memory``: random or per class)."""
+
+    def __init__(self, buffer_size: int = 200, buffer_policy: str = "reservoir", replay_batch_size: int | None = None,
+                 memory: str = "random"):
+        require(memory in TASK_MEMORIES,
+                f"method.memory={memory!r} is not allowed; use one of {', '.join(TASK_MEMORIES)}")
+        super().__init__(buffer_size, buffer_policy, replay_batch_size)
+        self.memory = memory
+
+    def task_memory(self, task_id: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The finished task's memory: (inputs in its view, unit targets, task ids)."""
+        per_task = max(1, self.buffer_size // len(self.learner.stream))
+        return self.learner.task_sample(task_id, per_task, per_class=self.memory == "per_class")
