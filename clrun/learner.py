@@ -84,8 +84,8 @@ class Learner:
             self.optimizer.add_param_group({"params": new})
 
     def ce(self, logits: Tensor, y: Tensor, task_ids: Tensor, upto: int) -> Tensor:
-        """Cross-entropy over each sample's candidate units."""
-        return F.cross_entropy(self.scenario.train_masked(logits, task_ids, upto), y)
+        """Cross-entropy over each sample's candidate units (the primary method's ``train_units``, if set)."""
+        return F.cross_entropy(self.scenario.train_masked(logits, task_ids, upto, self.method.train_units), y)
 
     def penalty(self, batch: Batch, logits: Tensor) -> Tensor | float:
         total: Tensor | float = 0.0

@@ -144,10 +144,11 @@ class Scenario:
             return logits
         return logits.masked_fill(~m, torch.finfo(logits.dtype).min / 2)
 
-    def train_masked(self, logits: Tensor, task_ids: Tensor, upto: int) -> Tensor:
+    def train_masked(self, logits: Tensor, task_ids: Tensor, upto: int, units: str | None = None) -> Tensor:
         """The logits the training loss sees: :meth:`masked`, or the whole class-IL head with train_units=all
-        (not-yet-seen classes are pushed down from the first task, as in mammoth)."""
-        return logits if self.train_units == "all" else self.masked(logits, task_ids, upto)
+        (not-yet-seen classes are pushed down from the first task, as in mammoth). ``units`` overrides
+        ``train_units`` (a method whose published code spans other units than the protocol's)."""
+        return logits if (units or self.train_units) == "all" else self.masked(logits, task_ids, upto)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -325,6 +325,63 @@ def test_lwf_by_task_weighting_is_one_over_t_ce_plus_the_rest_kd(scenario):
         LwF(weighting="sometimes")
 
 
+def test_lwf_warmup_trains_only_the_new_tasks_head_units_and_fits_them():
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=40, n_test=2)
+    sc = Scenario("class_il", s)
+    torch.manual_seed(0)
+    lwf = LwF(warmup_epochs=3, warmup_lr=0.5)
+    L = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, lwf, batch_size=8)
+    before = copy.deepcopy(L.model.state_dict())
+    task = s.tasks[1]
+    new = sc.task_units[1]
+
+    def new_task_ce():
+        with torch.no_grad():
+            return F.cross_entropy(L.model(task.train_x)[:, new], task.train_y).item()
+
+    ce_before = new_task_ce()
+    lwf.before_task(0)  # nothing to warm up before the first task
+    assert all(torch.equal(before[k], v) for k, v in L.model.state_dict().items())
+    lwf.before_task(1)
+    after = L.model.state_dict()
+    for k in before:
+        if k.startswith("features"):
+            assert torch.equal(before[k], after[k]), k  # the trunk is frozen
+    rows_moved = (after["head.weight"] != before["head.weight"]).any(1)
+    assert torch.equal(rows_moved, new)  # only the new task's units learn
+    assert torch.equal(after["head.bias"] != before["head.bias"], new)
+    assert new_task_ce() < 0.8 * ce_before
+    assert L.model.training
+
+
+def test_lwf_train_units_overrides_the_scenarios_for_its_cross_entropy():
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=10, n_test=2)
+    sc = Scenario("class_il", s, train_units="all")
+    torch.manual_seed(0)
+    L = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, LwF(train_units="seen"))
+    x, y, ids = L.task_sample(1, 6)
+    logits = L.model(x)
+    seen = sc.seen_units[1]
+    torch.testing.assert_close(L.ce(logits, y, ids, 1), F.cross_entropy(logits[:, seen], y))
+    whole = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, LwF())
+    torch.testing.assert_close(whole.ce(logits, y, ids, 1), F.cross_entropy(logits, y))  # the scenario's: all
+
+
+def test_lwf_rejects_bad_warmup_and_train_units():
+    s = split(dataset="synthetic", n_tasks=2, side=4, n_train=10, n_test=2)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        LwF(warmup_epochs=-1)
+    with pytest.raises(ValueError, match="warmup_lr"):
+        LwF(warmup_lr=0)
+    with pytest.raises(ValueError, match="train_units"):
+        LwF(train_units="old")
+    sc = Scenario("task_il", s)
+    with pytest.raises(ValueError, match="train_units=all is for class_il"):
+        Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, LwF(train_units="all"))
+    with pytest.raises(ValueError, match="primary method"):
+        Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, Naive(), [LwF(train_units="seen")])
+
+
 def test_si_and_lwf_and_ewc_work_through_the_learner_loop(tmp_path):
     row = run(make_cfg(*FAST, "method=naive",
                        "+regularizers=[ewc,si,lwf]", "lam=1", "benchmark.n_tasks=2"), tmp_path)

@@ -36,6 +36,7 @@ class Method:
     scenarios: tuple[str, ...] = SCENARIOS  # scenarios the method can serve
     lam: float | None = None  # regularisation strength, where the method has one
     buffer_size: int | None = None  # replay memory in samples, where the method has one
+    train_units: str | None = None  # class-IL units its cross-entropy spans (seen | all); None: the scenario's
     learner: Learner
 
     @property

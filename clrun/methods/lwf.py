@@ -8,7 +8,13 @@ averaged over the old heads.
 ``kd_units=seen`` (class-IL): the new model's softmax runs over every unit seen so far, the current task's
 included, against the old model's distribution on the old units padded with zeros (van de Ven & Tolias's
 code), so distillation also pushes the new classes down on the new data; ``old`` (default) compares the two
-models on the old units only. Task- and domain-IL are the same either way."""
+models on the old units only. Task- and domain-IL are the same either way.
+
+``warmup_epochs`` > 0 is Li & Hoiem's warm-up (mammoth's ``begin_task``): before each task after the first,
+the head's units of the new task are trained alone on its data, the trunk frozen, for that many epochs of
+plain SGD at ``warmup_lr``, so the new units do not start from random against a trained trunk.
+``train_units`` overrides the scenario's for LwF's cross-entropy (mammoth's LwF spans the classes seen so far
+where its protocol spans the whole head)."""
 
 from __future__ import annotations
 
@@ -19,11 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clrun.methods.base import Batch, Method, require
+from clrun.models import Backbone
 
 
 class LwF(Method):
     def __init__(self, alpha: float = 1.0, temperature: float = 2.0, weighting: str = "constant",
-                 kd_units: str = "old"):
+                 kd_units: str = "old", warmup_epochs: int = 0, warmup_lr: float = 0.01,
+                 train_units: str | None = None):
         require(alpha >= 0, f"method.alpha={alpha!r} must be >= 0")
         require(temperature > 0, f"method.temperature={temperature!r} must be > 0")
         require(weighting in ("constant", "by_task"), f"method.weighting={weighting!r} is not allowed; use "
@@ -33,8 +41,54 @@ class LwF(Method):
         require(kd_units in ("old", "seen"), f"method.kd_units={kd_units!r} is not allowed; use old or seen")
         self.weighting = weighting
         self.kd_units = kd_units
+        require(isinstance(warmup_epochs, int) and warmup_epochs >= 0,
+                f"method.warmup_epochs={warmup_epochs!r} must be an integer >= 0")
+        require(warmup_lr > 0, f"method.warmup_lr={warmup_lr!r} must be > 0")
+        require(train_units in (None, "seen", "all"),
+                f"method.train_units={train_units!r} is not allowed; use null (the scenario's), seen or all")
+        self.warmup_epochs, self.warmup_lr, self.train_units = warmup_epochs, float(warmup_lr), train_units
         self.old_model: torch.nn.Module | None = None
         self.old_tasks = 0
+
+    def setup(self) -> None:
+        L = self.learner
+        require(self.train_units != "all" or L.scenario.name == "class_il",
+                f"method.train_units=all is for class_il (the whole head); scenario={L.scenario.name}")
+        require(self.train_units is None or L.method is self,
+                "method.train_units applies to the primary method's cross-entropy; LwF is a regulariser here")
+        require(self.warmup_epochs == 0 or isinstance(L.model, Backbone),
+                f"method.warmup_epochs needs a model with a features trunk and a head; {type(L.model).__name__} "
+                "has none")
+
+    def before_task(self, task_id: int) -> None:
+        if task_id > 0 and self.warmup_epochs:
+            self.warm_up_head(task_id)
+
+    def warm_up_head(self, task_id: int) -> None:
+        """Train the new task's head units on its data with the trunk frozen (the other units' rows get no
+        gradient, and plain SGD leaves them as they are)."""
+        L = self.learner
+        model, task = L.model, L.stream.tasks[task_id]
+        units = L.scenario.task_units[task_id]
+        head = model.head
+        opt = torch.optim.SGD(head.parameters(), lr=self.warmup_lr)
+        g = torch.Generator().manual_seed(L.seed * 15485863 + task_id)  # its own: the batch order stays put
+        n = len(task.train_y)
+        was_training = model.training
+        model.eval()  # mammoth's begin_task: the trunk as at evaluation
+        for _ in range(self.warmup_epochs):
+            order = torch.randperm(n, generator=g).to(task.train_x.device)
+            for s in range(0, n, L.batch_size):
+                idx = order[s : s + L.batch_size]
+                with torch.no_grad():
+                    feats = model.features(task.inputs(task.train_x[idx]))
+                # the task's local labels index its own units, in order
+                loss = F.cross_entropy(head(feats)[:, units], task.train_y[idx].to(feats.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        head.zero_grad(set_to_none=True)
+        model.train(was_training)
 
     def after_task(self, task_id: int) -> None:
         self.old_model = copy.deepcopy(self.learner.model).eval()
