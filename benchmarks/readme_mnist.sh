@@ -223,6 +223,17 @@ if [[ $what == all || $what == papers_checks ]]; then
   done
   clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=1 method.alpha=0.25 $o \
     hydra.run.dir=$c/lwf_alpha_quarter/domain_il_s1
+  # DER's Seq-MNIST LwF, 10 seeds: the preset before mammoth's LwF (no warm-up, whole-head CE, KD with T^2,
+  # weight decay 0.0005), and the preset with one of mammoth's pieces changed at a time
+  l=$c/lwf_mammoth
+  R="seed=0,1,2,3,4,5,6,7,8,9"
+  clrun -m +experiment=der_seq_mnist_base method=lwf $R method.warmup_epochs=0 method.train_units=null \
+    method.alpha=1 optimizer.weight_decay=0.0005 $o hydra.sweep.dir=$l/preset_before
+  clrun -m +experiment=der_seq_mnist_base method=lwf $R method.warmup_epochs=0 $o hydra.sweep.dir=$l/no_warmup
+  clrun -m +experiment=der_seq_mnist_base method=lwf $R method.train_units=null $o hydra.sweep.dir=$l/whole_head
+  clrun -m +experiment=der_seq_mnist_base method=lwf $R method.alpha=1 $o hydra.sweep.dir=$l/t2
+  clrun -m +experiment=der_seq_mnist_base method=lwf $R optimizer.weight_decay=0.0005 $o \
+    hydra.sweep.dir=$l/full_wd5e-4
   for d in seen_units standardised torch_init joint_incremental bilinear_rotation plain_regularisers agem_torch_init; do
     clrun-report $c/$d -o $c/$d --compare-paper | tee $c/$d/compare_paper.md
   done
