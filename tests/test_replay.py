@@ -221,6 +221,49 @@ def test_icarl_mammoth_class_means_average_batch_means_pairwise_on_raw_features(
         ICaRL(class_means="median")
 
 
+def test_icarl_raw_class_means_are_one_mean_of_raw_features():
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=40, n_test=10)
+    torch.manual_seed(0)
+    icarl = ICaRL(buffer_size=40, class_means="raw")
+    L = Learner(MLP((1, 4, 4), 10, hidden=[16]), s, Scenario("class_il", s), icarl, batch_size=8)
+    L.train_task(0)
+    for u, (ex, _) in icarl.exemplars.items():
+        with torch.no_grad():
+            torch.testing.assert_close(icarl.class_means[u], L.model.features(ex).mean(0))
+
+
+def test_icarl_uint8_truncated_merges_near_black_exemplars_but_keeps_true_class_means():
+    # mammoth 2020's bug, reproduced on purpose: [0, 1] pixels cast to uint8 unscaled, read back as x / 255
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=40, n_test=10)
+    for t in s.tasks:  # [0, 1] pixels, as MNIST's raw ones (data.normalize=false)
+        t.train_x = t.train_x.clamp(0, 1)
+    runs = {}
+    for kind in ("stored", "uint8_truncated"):
+        torch.manual_seed(0)
+        icarl = ICaRL(buffer_size=20, replay="merged", class_means="raw", merged_inputs=kind)
+        L = Learner(MLP((1, 4, 4), 10, hidden=[16]), s, Scenario("class_il", s), icarl, batch_size=8)
+        L.train_task(0)
+        runs[kind] = (icarl, icarl.training_set(1))
+    (icarl, (x, y, _)), (bugged, (xb, yb, _)) = runs["stored"], runs["uint8_truncated"]
+    n_new = len(s.tasks[1].train_y)
+    ex = x[n_new:]
+    assert ((ex > 0) & (ex < 1)).any()  # the synthetic pixels are fractions, as MNIST's are
+    torch.testing.assert_close(xb[:n_new], x[:n_new])  # the task's own data untouched
+    torch.testing.assert_close(xb[n_new:], (ex == 1).to(ex.dtype) / 255)  # below 1 -> 0; exactly 1 -> 1/255
+    assert torch.equal(yb, y)
+    torch.testing.assert_close(bugged.class_means, icarl.class_means, equal_nan=True)  # from the true exemplars
+    with pytest.raises(ConfigError, match="method.merged_inputs"):
+        ICaRL(replay="merged", merged_inputs="black")
+    with pytest.raises(ConfigError, match="replay=merged"):
+        ICaRL(replay="batch", merged_inputs="uint8_truncated")
+    standardised = split(dataset="synthetic", n_tasks=5, side=4, n_train=40, n_test=10)
+    icarl = ICaRL(buffer_size=20, replay="merged", merged_inputs="uint8_truncated")
+    L = Learner(MLP((1, 4, 4), 10, hidden=[16]), standardised, Scenario("class_il", standardised), icarl)
+    L.train_task(0)
+    with pytest.raises(ConfigError, match="data.normalize=false"):
+        icarl.training_set(1)
+
+
 def test_class_balanced_buffer_smaller_than_classes_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="smaller than the 10 classes"):
         run(make_cfg(*FAST, "method=er", "buffer=5", "method.buffer_policy=class_balanced"), tmp_path)

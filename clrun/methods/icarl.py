@@ -5,7 +5,12 @@ T = 2), and a nearest-class-mean classifier on L2-normalised features for predic
 
 Exemplars are replayed either as a batch drawn from them at every step (``replay: batch``) or, as iCaRL's
 paper and mammoth's ``icarl_replay`` do, merged into the task's training set (``replay: merged``), so each
-exemplar is seen once per epoch among the new samples."""
+exemplar is seen once per epoch among the new samples.
+
+``merged_inputs: uint8_truncated`` reproduces a bug, not a method: mammoth's 2020 iCaRL (the DER paper's code)
+casts the stored [0, 1] MNIST exemplars to uint8 without scaling them by 255 before merging them, so they
+train as near-black images (every pixel below 1 becomes 0) while the class means still use the true ones.
+It exists to measure what that did to the paper's numbers; ``stored`` (default) merges them as they are."""
 
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ from clrun.methods.replay import ReplayMethod
 
 REPLAY_MODES = ("batch", "merged")
 LOSS_UNITS = ("sum", "mean")
-CLASS_MEANS = ("normalized", "mammoth")
+CLASS_MEANS = ("normalized", "mammoth", "raw")
+MERGED_INPUTS = ("stored", "uint8_truncated")
 
 
 def herding(features: Tensor, m: int) -> Tensor:
@@ -45,7 +51,7 @@ class ICaRL(ReplayMethod):
 
     def __init__(self, buffer_size: int = 200, replay_batch_size: int | None = None, herding_batch: int = 2048,
                  replay: str = "batch", loss_units: str = "sum", class_means: str = "normalized",
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, merged_inputs: str = "stored"):
         require(replay in REPLAY_MODES,
                 f"method.replay={replay!r} is not allowed; use one of {', '.join(REPLAY_MODES)}")
         require(loss_units in LOSS_UNITS,
@@ -53,6 +59,11 @@ class ICaRL(ReplayMethod):
         require(class_means in CLASS_MEANS,
                 f"method.class_means={class_means!r} is not allowed; use one of {', '.join(CLASS_MEANS)}")
         require(temperature > 0, f"method.temperature={temperature!r} must be > 0")
+        require(merged_inputs in MERGED_INPUTS,
+                f"method.merged_inputs={merged_inputs!r} is not allowed; use one of {', '.join(MERGED_INPUTS)}")
+        require(merged_inputs == "stored" or replay == "merged",
+                "method.merged_inputs applies to merged exemplars; set method.replay=merged")
+        self.merged_inputs = merged_inputs
         super().__init__(buffer_size, "reservoir", replay_batch_size)
         self.temperature = float(temperature)
         self.herding_batch = herding_batch
@@ -90,6 +101,11 @@ class ICaRL(ReplayMethod):
         memory = self._memory(viewed=False) if self.replay == "merged" else None
         if memory is None:
             return x, y, ids
+        if self.merged_inputs == "uint8_truncated":  # mammoth 2020: .type(torch.uint8) of [0, 1] floats, read / 255
+            mx = memory[0]
+            require(bool(mx.min() >= 0) and bool(mx.max() <= 1), "method.merged_inputs=uint8_truncated reproduces "
+                    "a cast of [0, 1] pixels; these inputs are standardised: set data.normalize=false")
+            memory = (mx.to(torch.uint8).to(mx.dtype) / 255, *memory[1:])
         return tuple(torch.cat([a, b.to(a.device)]) for a, b in zip((x, y, ids), memory))  # type: ignore[return-value]
 
     def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -143,6 +159,8 @@ class ICaRL(ReplayMethod):
             start += len(f)
             if self.class_mean_kind == "normalized":
                 means[u] = F.normalize(f.mean(0), dim=0)
+            elif self.class_mean_kind == "raw":  # mammoth's 2020 compute_class_means: one mean of raw features
+                means[u] = f.mean(0)
             else:  # mammoth's compute_class_means: batch means averaged pairwise, so later batches weigh more
                 means[u] = f[: L.batch_size].mean(0)
                 for b in range(L.batch_size, len(f), L.batch_size):
