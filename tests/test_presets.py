@@ -84,6 +84,14 @@ def test_protocol_specific_settings_reach_the_method():
     agem = make_cfg("+experiment=agem_perm_mnist", "method=agem")
     assert (agem.benchmark.n_tasks, agem.batch_size, agem.buffer, agem.method.replay_batch_size) == (17, 10, 4250, 256)
     assert agem.benchmark.train_per_task is None and not agem.data.normalize and agem.lr == 0.1
+    # van de Ven's code pairs the digits at random per seed; mammoth's 2020 LwF and iCaRL as the DER paper ran them
+    assert not ewc.benchmark.fixed_class_order
+    lwf = make_cfg("+experiment=der_seq_mnist_base", "method=lwf")
+    assert (lwf.method.warmup_epochs, lwf.method.train_units, lwf.method.alpha, lwf.optimizer.weight_decay,
+            lwf.method.warmup_lr) == (1, "seen", 0.25, 0.001, 0.03)
+    icarl = make_cfg("+experiment=der_seq_mnist", "method=icarl", "buffer=500").method
+    assert (icarl.replay, icarl.loss_units, icarl.class_means, icarl.merged_inputs) == (
+        "merged", "mean", "raw", "stored")
     # the command line still wins over a preset
     assert make_cfg("+experiment=der_seq_mnist", "method=er", "buffer=200", "lr=0.5").lr == 0.5
     # no preset: no protocol, and clrun's own defaults
