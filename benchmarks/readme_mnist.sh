@@ -230,6 +230,10 @@ if [[ $what == all || $what == papers_checks ]]; then
   done
   clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=1 method.alpha=0.25 $o \
     hydra.run.dir=$c/lwf_alpha_quarter/domain_il_s1
+  # van de Ven's split MNIST with the digits paired 0-1/2-3/... for every seed (the preset before) instead of the
+  # authors' random pairs per seed
+  clrun -m +experiment=vandeven_split_mnist benchmark.fixed_class_order=true $o \
+    hydra.sweep.dir=$c/vandeven_split_fixed_pairs
   # DER's Seq-MNIST LwF, 10 seeds: the preset before mammoth's LwF (no warm-up, whole-head CE, KD with T^2,
   # weight decay 0.0005), and the preset with one of mammoth's pieces changed at a time
   l=$c/lwf_mammoth
