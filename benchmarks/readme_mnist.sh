@@ -180,13 +180,14 @@ if [[ $what == all || $what == papers_checks ]]; then
   for p in der_seq_mnist der_perm_mnist der_rot_mnist; do
     clrun -m +experiment=$p method=gem buffer=200,500,5120 method.ridge=null $o hydra.sweep.dir=$c/gem_relative_ridge/$p
   done
-  # A-GEM's A-GEM with a random 250 samples of each task as memory instead of 25 of each class (the preset
-  # before), and its GEM with the authors' 25 of each class (the preset keeps a random 250 until its row is
-  # rerun; seed 0, about 1.5 CPU-hours)
+  # A-GEM's A-GEM and GEM with a random 250 samples of each task as memory instead of 25 of each class (the
+  # presets before; GEM: about 1.5 CPU-hours a seed, three side by side)
   clrun -m +experiment=agem_perm_mnist method=agem method.memory=random seed=0,1,2,3,4 $o \
     hydra.sweep.dir=$c/agem_random_memory
-  clrun -m +experiment=agem_perm_mnist method=gem method.memory=per_class seed=0 $o \
-    hydra.sweep.dir=$c/agem_gem_per_class_memory
+  for s in 0 1 2; do
+    clrun -m +experiment=agem_perm_mnist method=gem method.memory=random seed=$s $o \
+      hydra.sweep.dir=$c/agem_gem_random_memory_s$s &
+  done; wait
   # A-GEM's MAS as clrun's default MAS (Aljundi et al.'s per-sample importance from 2,000 samples, one
   # (importance, anchor) pair per task) at the paper's strength; the preset before
   clrun -m +experiment=agem_perm_mnist method=mas method.lam=0.1 method.samples=2000 method.online=false \
