@@ -205,12 +205,17 @@ def test_icarl_temperature_softens_the_old_models_sigmoid_targets():
         ICaRL(temperature=0)
 
 
-def test_icarl_mammoth_class_means_average_batch_means_pairwise_on_raw_features():
+def icarl_after_one_task(class_means: str) -> tuple[ICaRL, Learner]:
     s = split(dataset="synthetic", n_tasks=5, side=4, n_train=40, n_test=10)
     torch.manual_seed(0)
-    icarl = ICaRL(buffer_size=40, class_means="mammoth")  # 20 exemplars a class: batch means of 8, 8, 4
+    icarl = ICaRL(buffer_size=40, class_means=class_means)  # 20 exemplars a class
     L = Learner(MLP((1, 4, 4), 10, hidden=[16]), s, Scenario("class_il", s), icarl, batch_size=8)
     L.train_task(0)
+    return icarl, L
+
+
+def test_icarl_mammoth_class_means_average_batch_means_pairwise_on_raw_features():
+    icarl, L = icarl_after_one_task("mammoth")  # batch means of 8, 8, 4
     for u, (ex, _) in icarl.exemplars.items():
         with torch.no_grad():
             f = L.model.features(ex)  # raw features, not L2-normalised
@@ -222,11 +227,7 @@ def test_icarl_mammoth_class_means_average_batch_means_pairwise_on_raw_features(
 
 
 def test_icarl_raw_class_means_are_one_mean_of_raw_features():
-    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=40, n_test=10)
-    torch.manual_seed(0)
-    icarl = ICaRL(buffer_size=40, class_means="raw")
-    L = Learner(MLP((1, 4, 4), 10, hidden=[16]), s, Scenario("class_il", s), icarl, batch_size=8)
-    L.train_task(0)
+    icarl, L = icarl_after_one_task("raw")
     for u, (ex, _) in icarl.exemplars.items():
         with torch.no_grad():
             torch.testing.assert_close(icarl.class_means[u], L.model.features(ex).mean(0))
