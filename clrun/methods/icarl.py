@@ -161,7 +161,7 @@ class ICaRL(ReplayMethod):
                 means[u] = F.normalize(f.mean(0), dim=0)
             elif self.class_mean_kind == "raw":  # mammoth's 2020 compute_class_means: one mean of raw features
                 means[u] = f.mean(0)
-            else:  # mammoth's compute_class_means: batch means averaged pairwise, so later batches weigh more
+            else:  # mammoth's later compute_class_means: batch means averaged pairwise, later batches weigh more
                 means[u] = f[: L.batch_size].mean(0)
                 for b in range(L.batch_size, len(f), L.batch_size):
                     means[u] = (means[u] + f[b : b + L.batch_size].mean(0)) / 2
