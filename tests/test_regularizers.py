@@ -297,6 +297,41 @@ def test_lwf_seen_units_distils_against_zero_padded_targets_in_class_il():
     torch.testing.assert_close(a, b)  # domain-IL: every unit is seen from the start, nothing to pad
 
 
+@pytest.mark.parametrize("scenario", ["task_il", "class_il", "domain_il"])
+def test_lwf_kd_mean_units_is_the_2018_codes_mean_over_batch_and_units(scenario):
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=10, n_test=2)
+    torch.manual_seed(0)
+    sc = Scenario(scenario, s)
+    L = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, Naive(), [])
+    lwfs = {m: LwF(alpha=1.0, temperature=2.0, kd_units="seen", kd_mean=m) for m in ("batch", "units")}
+    for m in lwfs.values():
+        m.learner = L
+        m.after_task(0)
+        m.after_task(1)  # two old tasks: two old heads in task-IL
+    x, y, ids = L.task_sample(2, 6)
+    with torch.no_grad():
+        old_logits = L.model(x)
+        logits = old_logits + torch.randn_like(old_logits)
+    # by hand, as van de Ven & Tolias's 2018 utils.loss_fn_kd: T^2 (-targets * log_softmax).mean() over the batch
+    # and the units of the softmax, the old targets padded with zeros up to its width; averaged over old heads
+    groups = [sc.task_units[0], sc.task_units[1]] if scenario == "task_il" else [sc.seen_units[1]]
+    width = [sc.task_units[k] for k in range(2)] if scenario == "task_il" else [sc.seen_units[2]]
+    expected = 0.0
+    for units, now in zip(groups, width):
+        targets = torch.zeros(len(x), int(now.sum()))
+        targets[:, : int(units.sum())] = (old_logits[:, units] / 2).softmax(1)
+        ce_to_old = (-targets * (logits[:, now] / 2).log_softmax(1)).mean() * 4
+        entropy = (-targets[:, : int(units.sum())] * targets[:, : int(units.sum())].clamp_min(1e-30).log()).sum(1)
+        expected = expected + ce_to_old - entropy.mean() * 4 / int(now.sum())  # KL = CE - H(targets)
+    batch = Batch(x, y, ids, 2)
+    torch.testing.assert_close(lwfs["units"].penalty(batch, logits), expected)
+    sizes = [int(now.sum()) for now in width]
+    assert len(set(sizes)) == 1  # one softmax width, so units = batch / width
+    torch.testing.assert_close(lwfs["units"].penalty(batch, logits), lwfs["batch"].penalty(batch, logits) / sizes[0])
+    with pytest.raises(ValueError, match="kd_mean"):
+        LwF(kd_mean="classes")
+
+
 @pytest.mark.parametrize("scenario", ["task_il", "class_il"])
 def test_lwf_by_task_weighting_is_one_over_t_ce_plus_the_rest_kd(scenario):
     s = split(dataset="synthetic", n_tasks=5, side=4, n_train=10, n_test=2)

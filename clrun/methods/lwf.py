@@ -14,7 +14,12 @@ models on the old units only. Task- and domain-IL are the same either way.
 the head's units of the new task are trained alone on its data, the trunk frozen, for that many epochs of
 plain SGD at ``warmup_lr``, so the new units do not start from random against a trained trunk.
 ``train_units`` overrides the scenario's for LwF's cross-entropy (mammoth's LwF spans the classes seen so far
-where its protocol spans the whole head)."""
+where its protocol spans the whole head).
+
+``kd_mean=units`` averages the distillation's cross-entropy over the units of each softmax as well as over the
+batch, dividing it by their number (10 for a 10-way head, every seen unit with ``kd_units=seen``): van de Ven &
+Tolias's 2018 ``utils.loss_fn_kd`` took ``(-targets * log_probs).mean()``, the code behind their 2019 permuted-MNIST
+table; their later code sums over units (``batch``, the default and the textbook KL)."""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from clrun.models import Backbone
 class LwF(Method):
     def __init__(self, alpha: float = 1.0, temperature: float = 2.0, weighting: str = "constant",
                  kd_units: str = "old", warmup_epochs: int = 0, warmup_lr: float = 0.01,
-                 train_units: str | None = None):
+                 train_units: str | None = None, kd_mean: str = "batch"):
         require(alpha >= 0, f"method.alpha={alpha!r} must be >= 0")
         require(temperature > 0, f"method.temperature={temperature!r} must be > 0")
         require(weighting in ("constant", "by_task"), f"method.weighting={weighting!r} is not allowed; use "
@@ -47,6 +52,9 @@ class LwF(Method):
         require(train_units in (None, "seen", "all"),
                 f"method.train_units={train_units!r} is not allowed; use null (the scenario's), seen or all")
         self.warmup_epochs, self.warmup_lr, self.train_units = warmup_epochs, float(warmup_lr), train_units
+        require(kd_mean in ("batch", "units"), f"method.kd_mean={kd_mean!r} is not allowed; use batch (sum over "
+                "units, mean over the batch) or units (mean over both, van de Ven & Tolias's 2018 code)")
+        self.kd_mean = kd_mean
         self.old_model: torch.nn.Module | None = None
         self.old_tasks = 0
 
@@ -118,9 +126,13 @@ class LwF(Method):
                 # log of the new softmax over all seen units, read on the old ones (the padded zeros add nothing)
                 now = sc.seen_units[batch.task]
                 p_new = logits[:, units] / T - torch.logsumexp(logits[:, now] / T, dim=1, keepdim=True)
+                n_units = int(now.sum())  # a mask over the whole head
             else:
                 p_new = F.log_softmax(logits[:, units] / T, dim=1)
-            total = total + F.kl_div(p_new, p_old, log_target=True, reduction="batchmean")
+                n_units = int(units.sum())
+            kd = F.kl_div(p_new, p_old, log_target=True, reduction="batchmean")
+            # units: the padded zeros count in the mean, as in the 2018 code's .mean() over the whole matrix
+            total = total + (kd / n_units if self.kd_mean == "units" else kd)
         if self.weighting == "by_task":  # (t - 1) x the mean over old heads; loss_scale then takes 1/t
             total = total * self.old_tasks / len(groups)
         return self.alpha * T * T * total
