@@ -3,7 +3,8 @@
 # `clrun +experiment=$EXP method=M scenario=S seed=N` with the preset's settings untouched (device=auto picks the
 # GPU), one process per run, JOBS at a time, in the order of CELLS (all seeds of a cell together, so the cells
 # that finish are whole; the longest first). Runs still going at DEADLINE seconds are stopped. The default is
-# van de Ven's 11 permuted-MNIST cells that two CPU cores could not afford (online EWC, joint, class-IL, iCaRL);
+# van de Ven's 10 permuted-MNIST cells that two CPU cores could not afford (online EWC, joint, class-IL but
+# LwF's, iCaRL; CELLS="lwf class_il" adds LwF's, which ran on the CPU after its distillation changed);
 # A-GEM's GEM row is `EXP=agem_perm_mnist CELLS="gem domain_il"`.
 # Start CUDA MPS first (`nvidia-cuda-mps-control -d`, same CUDA_MPS_PIPE_DIRECTORY for the daemon and the runs):
 # on one H100, 15 runs side by side took 1.7-3.6 minutes each under MPS, and 1.6-1.8x as long without it
@@ -19,7 +20,7 @@ set -u
 RUNS=${1:-/tmp/runs}
 JOBS=${JOBS:-15}
 EXP=${EXP:-vandeven_perm_mnist}
-CELLS=${CELLS:-"joint task_il, joint domain_il, joint class_il, lwf class_il, icarl class_il, naive class_il,
+CELLS=${CELLS:-"joint task_il, joint domain_il, joint class_il, icarl class_il, naive class_il,
   ewc class_il, si class_il, online_ewc task_il, online_ewc domain_il, online_ewc class_il"}
 DEADLINE=${DEADLINE:-86400}  # the lent machine's 10-minute calls used 495
 T0=$(date +%s)

@@ -71,6 +71,8 @@ if [[ $what == all || $what == papers ]]; then
   clrun -m +experiment=vandeven_split_mnist_icarl $o hydra.sweep.dir=$r/vandeven_split_mnist_icarl
   clrun -m +experiment=vandeven_split_mnist scenario=task_il,domain_il $o hydra.sweep.dir=$r/vandeven_split_mnist_a
   clrun -m +experiment=vandeven_split_mnist scenario=class_il $o hydra.sweep.dir=$r/vandeven_split_mnist_b
+  clrun -m +experiment=vandeven_split_mnist method=lwf scenario=class_il seed=3,4,5,6,7,8,9 $o \
+    hydra.sweep.dir=$r/vandeven_split_mnist_more_seeds_lwf
   clrun -m +experiment=der_seq_mnist_base $o hydra.sweep.dir=$r/der_seq_mnist_base
   clrun -m +experiment=der_seq_mnist method=er,agem,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist
   clrun -m +experiment=der_seq_mnist method=gem $o hydra.sweep.dir=$r/der_seq_mnist_gem
@@ -130,13 +132,15 @@ der_rot_mnist agem200 method=agem buffer=200
 der_rot_mnist_base joint method=joint
 der_seq_mnist_base norep method=naive,si,lwf
 CELLS
-  # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF run here (about 20
-  # CPU-minutes a run); the other 11 cells ran on a GPU machine:
+  # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF and LwF class-IL run
+  # here (20-31 CPU-minutes a run); the other 10 cells ran on a GPU machine:
   #   bash benchmarks/gpu_cells.sh $r   (and SEEDS="3 4" for the class-IL seeds 3-4)
   clrun -m +experiment=vandeven_perm_mnist method=naive,lwf,ewc,si scenario=task_il seed=0,1,2 $o \
     hydra.sweep.dir=$r/vandeven_perm_mnist_task_il
   clrun -m +experiment=vandeven_perm_mnist method=naive,ewc,si,lwf scenario=domain_il seed=0,1,2 $o \
     hydra.sweep.dir=$r/vandeven_perm_mnist_domain_il
+  clrun -m +experiment=vandeven_perm_mnist method=lwf scenario=class_il seed=0,1,2 $o \
+    hydra.sweep.dir=$r/vandeven_perm_mnist_lwf_class_il
   clrun-report "$r"/*/ -o $r --compare-paper | tee $r/compare_paper.md
 fi
 
@@ -220,17 +224,24 @@ if [[ $what == all || $what == papers_checks ]]; then
   clrun +experiment=agem_perm_mnist method=agem benchmark.train_per_task=1000 method.memory=random seed=0 $o \
     hydra.run.dir=$c/agem_1000_per_task
   clrun +experiment=agem_perm_mnist method=gem iters=300 seed=0 $o hydra.run.dir=$c/agem_gem_300_steps
-  # van de Ven's permuted MNIST, LwF in domain-IL with CE + KD (weighting=constant) instead of the paper's
-  # (1/t) CE + (1 - 1/t) KD: does the distillation's growing weight stop the new tasks being learned?
-  clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=0 method.weighting=constant $o \
-    hydra.run.dir=$c/lwf_domain_constant_weighting
+  # van de Ven's LwF with the distillation summed over units (kd_mean=batch, the authors' later code and the
+  # presets before) instead of the 2018 code's mean over units, both protocols, every scenario
+  clrun -m +experiment=vandeven_split_mnist method=lwf method.kd_mean=batch $o \
+    hydra.sweep.dir=$c/vandeven_lwf_kd_sum/split
+  clrun -m +experiment=vandeven_perm_mnist method=lwf method.kd_mean=batch $o \
+    hydra.sweep.dir=$c/vandeven_lwf_kd_sum/perm
+  # with the sum over units: van de Ven's permuted MNIST, LwF in domain-IL with CE + KD (weighting=constant)
+  # instead of the paper's (1/t) CE + (1 - 1/t) KD: does the distillation's growing weight stop the new tasks
+  # being learned?
+  clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=0 method.weighting=constant \
+    method.kd_mean=batch $o hydra.run.dir=$c/lwf_domain_constant_weighting
   # ... and with the distillation at a quarter (the authors' loss without its T^2 factor), every scenario
   for s in task_il domain_il class_il; do
-    clrun +experiment=vandeven_perm_mnist method=lwf scenario=$s seed=0 method.alpha=0.25 $o \
-      hydra.run.dir=$c/lwf_alpha_quarter/$s
+    clrun +experiment=vandeven_perm_mnist method=lwf scenario=$s seed=0 method.alpha=0.25 method.kd_mean=batch \
+      $o hydra.run.dir=$c/lwf_alpha_quarter/$s
   done
-  clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=1 method.alpha=0.25 $o \
-    hydra.run.dir=$c/lwf_alpha_quarter/domain_il_s1
+  clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=1 method.alpha=0.25 \
+    method.kd_mean=batch $o hydra.run.dir=$c/lwf_alpha_quarter/domain_il_s1
   # van de Ven's split MNIST with the digits paired 0-1/2-3/... for every seed (the preset before) instead of the
   # authors' random pairs per seed
   clrun -m +experiment=vandeven_split_mnist benchmark.fixed_class_order=true $o \
@@ -246,7 +257,8 @@ if [[ $what == all || $what == papers_checks ]]; then
   clrun -m +experiment=der_seq_mnist_base method=lwf $R method.alpha=1 $o hydra.sweep.dir=$l/t2
   clrun -m +experiment=der_seq_mnist_base method=lwf $R optimizer.weight_decay=0.0005 $o \
     hydra.sweep.dir=$l/full_wd5e-4
-  for d in seen_units standardised torch_init joint_incremental bilinear_rotation plain_regularisers agem_torch_init; do
+  for d in seen_units standardised torch_init joint_incremental bilinear_rotation plain_regularisers agem_torch_init \
+      vandeven_lwf_kd_sum/split vandeven_lwf_kd_sum/perm; do
     clrun-report $c/$d -o $c/$d --compare-paper | tee $c/$d/compare_paper.md
   done
 fi
