@@ -126,13 +126,13 @@ class LwF(Method):
                 # log of the new softmax over all seen units, read on the old ones (the padded zeros add nothing)
                 now = sc.seen_units[batch.task]
                 p_new = logits[:, units] / T - torch.logsumexp(logits[:, now] / T, dim=1, keepdim=True)
-                n_units = int(now.sum())  # a mask over the whole head
             else:
+                now = units
                 p_new = F.log_softmax(logits[:, units] / T, dim=1)
-                n_units = int(units.sum())
             kd = F.kl_div(p_new, p_old, log_target=True, reduction="batchmean")
-            # units: the padded zeros count in the mean, as in the 2018 code's .mean() over the whole matrix
-            total = total + (kd / n_units if self.kd_mean == "units" else kd)
+            if self.kd_mean == "units":  # the 2018 code's .mean() over the whole matrix: padded zeros count
+                kd = kd / int(now.sum())  # now: a mask over the whole head
+            total = total + kd
         if self.weighting == "by_task":  # (t - 1) x the mean over old heads; loss_scale then takes 1/t
             total = total * self.old_tasks / len(groups)
         return self.alpha * T * T * total
