@@ -131,7 +131,7 @@ class LwF(Method):
                 p_new = F.log_softmax(logits[:, units] / T, dim=1)
             kd = F.kl_div(p_new, p_old, log_target=True, reduction="batchmean")
             if self.kd_mean == "units":  # the 2018 code's .mean() over the whole matrix: padded zeros count
-                kd = kd / int(now.sum())  # now: a mask over the whole head
+                kd = kd / now.sum()  # now: a mask over the whole head; a tensor, so no host sync
             total = total + kd
         if self.weighting == "by_task":  # (t - 1) x the mean over old heads; loss_scale then takes 1/t
             total = total * self.old_tasks / len(groups)
