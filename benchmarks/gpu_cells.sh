@@ -12,8 +12,8 @@
 #
 #   CLRUN_DATA=../shared/data bash benchmarks/gpu_cells.sh /tmp/runs
 #
-# SEEDS="3 4" picks other seeds; EXTRA="iters=20 benchmark.n_tasks=2" adds overrides (a quick check of the
-# script itself). Then `clrun-report /tmp/runs ... --compare-paper`. On the lent device machine hydra-core,
+# SEEDS="3 4" picks other seeds; a cell may name its own after the scenario ("lwf class_il 5 6"). EXTRA="iters=20
+# benchmark.n_tasks=2" adds overrides (a quick check of the script itself). Then `clrun-report /tmp/runs ... --compare-paper`. On the lent device machine hydra-core,
 # omegaconf, antlr4 and quadprog travel as wheels in .whl/ and MNIST as .mnist/MNIST/raw/*.gz (both
 # git-ignored); the script installs / unpacks them when hydra is missing / CLRUN_DATA is unset.
 set -u
@@ -45,8 +45,10 @@ export REPO RUNS END LOG EXP EXTRA=${EXTRA:-}
 IFS=, read -r -a cells <<< "$(echo $CELLS)"
 for cell in "${cells[@]}"; do
   set -- $cell
-  for seed in ${SEEDS:-0 1 2}; do echo "$1 $2 $seed"; done
-done > "$RUNS/queue.txt"
+  [ $# -ge 2 ] || { echo "gpu_cells.sh: cell '$cell' needs a method and a scenario" >&2; exit 2; }
+  m=$1 s=$2; shift 2
+  for seed in ${*:-${SEEDS:-0 1 2}}; do echo "$m $s $seed"; done
+done > "$RUNS/queue.txt" || exit 2
 
 one_run() {  # METHOD SCENARIO SEED
   local left=$((END - $(date +%s)))

@@ -161,7 +161,8 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
                          "paper_forgetting": cell.get("forgetting", math.nan),
                          "paper_forgetting_spread": cell.get("forgetting_spread", math.nan),
                          "clrun_forgetting": fgt.mean(), "clrun_forgetting_std": fgt.std(ddof=1),
-                         "minutes_per_run": sel.wall_seconds.mean() / 60, "device": _devices(sel)})
+                         "minutes_per_run": sel.wall_seconds.mean() / 60, "device": _devices(sel),
+                         "minutes_by_device": _minutes_by_device(sel)})
     return pd.DataFrame(rows)
 
 
@@ -178,6 +179,24 @@ def _devices(runs: pd.DataFrame) -> str:
     return "; ".join(sorted(runs.device.dropna().astype(str).unique()))
 
 
+def _minutes_by_device(runs: pd.DataFrame) -> str:
+    """Mean wall minutes a run on each device ("cpu: 31.0; cuda:0 (NVIDIA H200): 5.7"): a cell whose seeds ran on
+    a CPU and a GPU has no meaningful overall mean."""
+    if "device" not in runs or runs.device.isna().all():
+        return ""
+    minutes = runs.groupby(runs.device.astype(str)).wall_seconds.mean() / 60
+    return "; ".join(f"{device}: {m:.1f}" for device, m in minutes.items())
+
+
+def _minutes_cell(r) -> str:
+    """min/run for the markdown: one number (the GPU named), or one per device where the seeds ran on several."""
+    by_device = str(getattr(r, "minutes_by_device", "") or "")
+    if by_device.count(": ") < 2:
+        return f"{r.minutes_per_run:.1f}{_on_gpu(r.device)}"
+    parts = [part.rsplit(": ", 1) for part in by_device.split("; ")]
+    return " / ".join(f"{m}{_on_gpu(device) or ' (CPU)'}" for device, m in parts)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """The comparison as a README-ready table."""
     lines = ["| protocol | method | scenario | buffer | paper | clrun (mean ± std, n) | diff | within "
@@ -192,7 +211,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
         within = "–" if pd.isna(r.within_paper_std) else "yes" if r.within_paper_std else "**no**"
         lines.append(f"| {r.protocol} | {r.method} | {r.scenario} | {r.buffer} | {paper} "
                      f"| {r.clrun_ACC:.2f} ± {r.clrun_std:.2f} ({r.n}) | {r.diff:+.2f} | "
-                     f"{within} | {fgt} | {r.minutes_per_run:.1f}{_on_gpu(r.device)} |")
+                     f"{within} | {fgt} | {_minutes_cell(r)} |")
     return "\n".join(lines)
 
 

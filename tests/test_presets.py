@@ -151,3 +151,22 @@ def test_compare_paper_puts_published_forgetting_next_to_clruns(tmp_path):
     # GPU minutes are labelled with the GPU; CPU minutes stay bare
     assert table.loc["joint", "device"] == "cuda:0 (NVIDIA H100 80GB HBM3)" and table.loc["agem", "device"] == "cpu"
     assert "| 1.0 (NVIDIA H100 80GB HBM3) |" in md and md.count("(NVIDIA H100") == 1
+
+
+def test_compare_paper_gives_minutes_per_device_when_a_cells_seeds_ran_on_cpu_and_gpu(tmp_path):
+    proto = {"name": "p", "benchmark": "permuted_mnist", "spread": "std",
+             "results": [{"method": "lwf", "scenario": "task_il", "ACC": 70.0, "spread": 1.0}]}
+    rows = []
+    for i, (seconds, device) in enumerate([(1800.0, "cpu"), (1920.0, "cpu"), (300.0, "cuda:0 (NVIDIA H200)"),
+                                           (360.0, "cuda:0 (NVIDIA H200)")]):
+        job = tmp_path / str(i)
+        job.mkdir()
+        (job / "config.yaml").write_text(OmegaConf.to_yaml({"protocol": proto}))
+        rows.append({"job_dir": str(job), "status": "completed", "method": "lwf", "scenario": "task_il",
+                     "benchmark": "permuted_mnist", "ACC": 0.7, "forgetting": 0.1, "wall_seconds": seconds,
+                     "device": device})
+    table = compare_paper(pd.DataFrame(rows))
+    # the overall mean (18.25 minutes) describes neither machine: the markdown gives each device's own
+    assert table.loc[0, "minutes_per_run"] == pytest.approx(18.25)
+    assert table.loc[0, "minutes_by_device"] == "cpu: 31.0; cuda:0 (NVIDIA H200): 5.5"
+    assert markdown_table(table).endswith("| 31.0 (CPU) / 5.5 (NVIDIA H200) |")
