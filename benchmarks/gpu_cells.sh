@@ -4,11 +4,12 @@
 # GPU), one process per run, JOBS at a time, in the order of CELLS (all seeds of a cell together, so the cells
 # that finish are whole; the longest first). Runs still going at DEADLINE seconds are stopped. The default is
 # van de Ven's 10 permuted-MNIST cells that two CPU cores could not afford (online EWC, joint, class-IL but
-# LwF's, iCaRL; CELLS="lwf class_il" adds LwF's, which ran on the CPU after its distillation changed);
-# A-GEM's GEM row is `EXP=agem_perm_mnist CELLS="gem domain_il"`.
+# LwF's, iCaRL); the README's later seeds of LwF and of the domain-IL cells came from
+# CELLS="lwf task_il 1 2 3 4, lwf domain_il 2 3 4, ..." (the README gives the whole list). A-GEM's GEM row is
+# `EXP=agem_perm_mnist CELLS="gem domain_il"`.
 # Start CUDA MPS first (`nvidia-cuda-mps-control -d`, same CUDA_MPS_PIPE_DIRECTORY for the daemon and the runs):
 # on one H100, 15 runs side by side took 1.7-3.6 minutes each under MPS, and 1.6-1.8x as long without it
-# (time-sliced contexts).
+# (time-sliced contexts); on one H200, 15 side by side took 2.1-5.7 minutes (LwF task-IL the longest).
 #
 #   CLRUN_DATA=../shared/data bash benchmarks/gpu_cells.sh /tmp/runs
 #

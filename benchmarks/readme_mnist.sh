@@ -221,6 +221,10 @@ if [[ $what == all || $what == papers_checks ]]; then
     clrun -m +experiment=$p method=si method.path_grad=task method.clip_value=null $o \
       hydra.sweep.dir=$c/plain_regularisers/${p}_si
   done
+  # DER's P-MNIST online EWC at 5 and 10 times the published strength (lam 1.4 = 2 x mammoth's e_lambda 0.7): how
+  # strong a penalty the paper's 75.79 needs (a diagnostic; the preset keeps the published value)
+  clrun -m +experiment=der_perm_mnist_base method=online_ewc method.lam=7,14 seed=0,1,2 $o \
+    hydra.sweep.dir=$c/der_perm_oewc_stronger
   clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/rehearsal
   # A-GEM's preset with the 1,000 samples a task of the authors' later script, and the cost of its GEM row
