@@ -131,6 +131,7 @@ der_rot_mnist gem5120 method=gem buffer=5120
 der_rot_mnist agem200 method=agem buffer=200
 der_rot_mnist_base joint method=joint
 der_seq_mnist_base norep method=naive,si,lwf
+der_perm_mnist_base oewc method=online_ewc
 CELLS
   # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF and LwF class-IL run
   # here (20-31 CPU-minutes a run); the other 10 cells ran on a GPU machine:
