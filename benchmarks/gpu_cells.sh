@@ -13,8 +13,9 @@
 #
 #   CLRUN_DATA=../shared/data bash benchmarks/gpu_cells.sh /tmp/runs
 #
-# SEEDS="3 4" picks other seeds; a cell may name its own after the scenario ("lwf class_il 5 6"). EXTRA="iters=20
-# benchmark.n_tasks=2" adds overrides (a quick check of the script itself). Then `clrun-report /tmp/runs ... --compare-paper`. On the lent device machine hydra-core,
+# SEEDS="3 4" picks other seeds; a cell may name its own after the scenario ("lwf class_il 5 6").
+# EXTRA="iters=20 benchmark.n_tasks=2" adds overrides (a quick check of the script itself). Then
+# `clrun-report /tmp/runs ... --compare-paper`. On the lent device machine hydra-core,
 # omegaconf, antlr4 and quadprog travel as wheels in .whl/ and MNIST as .mnist/MNIST/raw/*.gz (both
 # git-ignored); the script installs / unpacks them when hydra is missing / CLRUN_DATA is unset.
 set -u

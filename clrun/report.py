@@ -180,21 +180,21 @@ def _devices(runs: pd.DataFrame) -> str:
 
 
 def _minutes_by_device(runs: pd.DataFrame) -> str:
-    """Mean wall minutes a run on each device ("cpu: 31.0; cuda:0 (NVIDIA H200): 5.7"): a cell whose seeds ran on
-    a CPU and a GPU has no meaningful overall mean."""
+    """Mean wall minutes a run on each device ("cpu: 31.0; cuda:0 (NVIDIA H200): 5.7"; runs that predate the
+    device column count as "unknown"): a cell whose seeds ran on a CPU and a GPU has no meaningful overall mean."""
     if "device" not in runs or runs.device.isna().all():
         return ""
-    minutes = runs.groupby(runs.device.astype(str)).wall_seconds.mean() / 60
+    minutes = runs.groupby(runs.device.fillna("unknown").astype(str)).wall_seconds.mean() / 60
     return "; ".join(f"{device}: {m:.1f}" for device, m in minutes.items())
 
 
 def _minutes_cell(r) -> str:
     """min/run for the markdown: one number (the GPU named), or one per device where the seeds ran on several."""
-    by_device = str(getattr(r, "minutes_by_device", "") or "")
-    if by_device.count(": ") < 2:
+    parts = [part.rsplit(": ", 1) for part in str(getattr(r, "minutes_by_device", "") or "").split("; ") if part]
+    if len(parts) < 2:
         return f"{r.minutes_per_run:.1f}{_on_gpu(r.device)}"
-    parts = [part.rsplit(": ", 1) for part in by_device.split("; ")]
-    return " / ".join(f"{m}{_on_gpu(device) or ' (CPU)'}" for device, m in parts)
+    labels = {"cpu": " (CPU)", "unknown": " (device unknown)"}
+    return " / ".join(f"{m}{_on_gpu(device) or labels.get(device, f' ({device})')}" for device, m in parts)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

@@ -170,3 +170,8 @@ def test_compare_paper_gives_minutes_per_device_when_a_cells_seeds_ran_on_cpu_an
     assert table.loc[0, "minutes_per_run"] == pytest.approx(18.25)
     assert table.loc[0, "minutes_by_device"] == "cpu: 31.0; cuda:0 (NVIDIA H200): 5.5"
     assert markdown_table(table).endswith("| 31.0 (CPU) / 5.5 (NVIDIA H200) |")
+    # a run from before metrics.csv had a device column is counted, not dropped or called a CPU's
+    rows[1]["device"] = None
+    table = compare_paper(pd.DataFrame(rows))
+    assert table.loc[0, "minutes_by_device"] == "cpu: 30.0; cuda:0 (NVIDIA H200): 5.5; unknown: 32.0"
+    assert markdown_table(table).endswith("| 30.0 (CPU) / 5.5 (NVIDIA H200) / 32.0 (device unknown) |")
