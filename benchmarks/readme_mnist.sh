@@ -111,6 +111,9 @@ if [[ $what == all || $what == papers ]]; then
   for s in 0 1 2; do
     clrun -m +experiment=agem_perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
   done; wait
+  for s in 3 4; do  # the paper's five runs
+    clrun -m +experiment=agem_perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
+  done; wait
   # cells outside the paper's spread with 3 seeds, at the paper's 10 runs (seeds 3-9 added)
   while read -r exp name args; do
     clrun -m +experiment=$exp $args seed=3,4,5,6,7,8,9 $o hydra.sweep.dir=$r/${exp}_more_seeds_$name </dev/null
