@@ -5,7 +5,7 @@
 # that finish are whole; the longest first). Runs still going at DEADLINE seconds are stopped. The default is
 # van de Ven's 10 permuted-MNIST cells that two CPU cores could not afford (online EWC, joint, class-IL but
 # LwF's, iCaRL); the README's later seeds of LwF and of the domain-IL cells came from
-# CELLS="lwf task_il 1 2 3 4, lwf domain_il 2 3 4, ..." (the README gives the whole list). A-GEM's GEM row is
+# CELLS="lwf task_il 3 4, lwf domain_il 3 4, ..." (readme_mnist.sh gives the whole list). A-GEM's GEM row is
 # `EXP=agem_perm_mnist CELLS="gem domain_il"`.
 # Start CUDA MPS first (`nvidia-cuda-mps-control -d`, same CUDA_MPS_PIPE_DIRECTORY for the daemon and the runs):
 # on one H100, 15 runs side by side took 1.7-3.6 minutes each under MPS, and 1.6-1.8x as long without it

@@ -139,8 +139,8 @@ CELLS
   # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF and LwF class-IL run
   # here (20-31 CPU-minutes a run); the other 10 cells ran on a GPU machine:
   #   bash benchmarks/gpu_cells.sh $r   (and SEEDS="3 4" for the class-IL seeds 3-4)
-  # and so did the README's later seeds of the domain-IL cells and of LwF (seed 0 of LwF, 0-1 in domain-IL, here):
-  #   CELLS="lwf task_il 1 2 3 4, lwf domain_il 2 3 4, lwf class_il 1 2 3 4 5 6, naive domain_il 3 4,
+  # and so do the README's later seeds of the domain-IL cells and of LwF (seeds 0-2 below):
+  #   CELLS="lwf task_il 3 4, lwf domain_il 3 4, lwf class_il 3 4 5 6, naive domain_il 3 4,
   #     joint domain_il 3 4, ewc domain_il 3 4, online_ewc domain_il 3 4, si domain_il 3 4" bash benchmarks/gpu_cells.sh $r
   clrun -m +experiment=vandeven_perm_mnist method=naive,lwf,ewc,si scenario=task_il seed=0,1,2 $o \
     hydra.sweep.dir=$r/vandeven_perm_mnist_task_il
