@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from scipy import stats
 
 from clrun import io
 
@@ -126,8 +127,12 @@ def _protocol(job_dir: str) -> dict:
 def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per published cell that has completed runs: the paper's ACC (%) and spread next to clrun's mean
     and std over seeds, the difference, and whether it lies within the paper's standard deviation (a published
-    SEM is turned into a std with the paper's number of runs). Cells that publish forgetting (a fraction, as in
-    A-GEM's F_T) also get the paper's and clrun's forgetting; the others NaN."""
+    SEM is turned into a std with the paper's number of runs). "Within" is the issue's yardstick; it ignores how
+    many runs either side has, so each cell also gets Welch's t-test of the two means (the paper's standard
+    error from its spread and ``runs``, clrun's from its seeds) and the p-value Holm-adjusted over the table's
+    cells: a cell can be outside the paper's std yet indistinguishable from its mean, or the reverse. Cells
+    that publish forgetting (a fraction, as in A-GEM's F_T) also get the paper's and clrun's forgetting; the
+    others NaN."""
     done = summary[summary.status == "completed"]
     protocols = {row.job_dir: _protocol(row.job_dir) for row in done.itertuples()}
     rows = []
@@ -148,22 +153,51 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
             acc = 100 * sel.ACC
             kind = proto.get("spread", "std")
             spread = cell.get("spread")  # None: the paper prints the mean alone
-            paper_std = (math.nan if spread is None else spread * math.sqrt(proto.get("runs", 1)) if kind == "sem"
+            runs = proto.get("runs")  # the paper's runs: turn a SEM into a std, a std into a standard error
+            paper_std = (math.nan if spread is None else spread * math.sqrt(runs or 1) if kind == "sem"
                          else spread)
             diff = acc.mean() - cell["ACC"]
+            paper_se = (math.nan if spread is None or (kind != "sem" and not runs) else spread if kind == "sem"
+                        else spread / math.sqrt(runs))
+            clrun_std = acc.std(ddof=1) if len(acc) > 1 else math.nan
+            t, df, p = welch_test(diff, paper_se, (runs or 0) - 1, clrun_std / math.sqrt(len(acc)), len(acc) - 1)
             fgt = sel.forgetting if "forgetting" in cell else pd.Series(dtype=float)  # only where published
             rows.append({"protocol": name, "method": cell["method"], "scenario": cell["scenario"],
                          "buffer": cell.get("buffer", ""), "paper_ACC": cell["ACC"],
                          "paper_spread": "" if spread is None else f"{spread} ({kind})", "paper_std": paper_std,
-                         "clrun_ACC": acc.mean(), "clrun_std": acc.std(ddof=1) if len(acc) > 1 else math.nan,
-                         "n": len(acc), "diff": diff,
+                         "clrun_ACC": acc.mean(), "clrun_std": clrun_std, "n": len(acc), "diff": diff,
                          "within_paper_std": None if spread is None else bool(abs(diff) <= paper_std),
+                         "paper_runs": runs or math.nan, "t": t, "welch_df": df, "p_value": p,
                          "paper_forgetting": cell.get("forgetting", math.nan),
                          "paper_forgetting_spread": cell.get("forgetting_spread", math.nan),
                          "clrun_forgetting": fgt.mean(), "clrun_forgetting_std": fgt.std(ddof=1),
                          "minutes_per_run": sel.wall_seconds.mean() / 60, "device": _devices(sel),
                          "minutes_by_device": _minutes_by_device(sel)})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame["p_holm"] = holm(frame.p_value)
+    return frame
+
+
+def welch_test(diff: float, se_a: float, df_a: float, se_b: float, df_b: float) -> tuple[float, float, float]:
+    """Welch's unequal-variance t-test from summary statistics: a difference of two means, each side's standard
+    error and degrees of freedom (runs - 1). Returns (t, Welch-Satterthwaite df, two-sided p); all NaN where a
+    side has no spread or fewer than two runs, since then the noise in the difference is unknown."""
+    if not (df_a >= 1 and df_b >= 1 and math.isfinite(se_a) and math.isfinite(se_b)) or se_a + se_b == 0:
+        return math.nan, math.nan, math.nan
+    var = se_a**2 + se_b**2
+    df = var**2 / (se_a**4 / df_a + se_b**4 / df_b)
+    t = diff / math.sqrt(var)
+    return t, df, float(2 * stats.t.sf(abs(t), df))
+
+
+def holm(p_values: pd.Series) -> pd.Series:
+    """Holm's step-down adjustment: p-values that can be compared with alpha across the whole family of tests
+    (a table of 100 cells has about 5 below 0.05 by chance alone). NaN stays NaN and is not counted."""
+    p = p_values.dropna().sort_values()
+    m = len(p)
+    adjusted = (p * (m - pd.Series(range(m), index=p.index))).clip(upper=1.0).cummax()
+    return adjusted.reindex(p_values.index)
 
 
 def _on_gpu(devices: str) -> str:
@@ -197,11 +231,19 @@ def _minutes_cell(r) -> str:
     return " / ".join(f"{m}{_on_gpu(device) or labels.get(device, f' ({device})')}" for device, m in parts)
 
 
+def _p_cell(p: float) -> str:
+    return "–" if pd.isna(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _differs_cell(p_holm: float, alpha: float = 0.05) -> str:
+    return "–" if pd.isna(p_holm) else "**yes**" if p_holm < alpha else "no"
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """The comparison as a README-ready table."""
     lines = ["| protocol | method | scenario | buffer | paper | clrun (mean ± std, n) | diff | within "
-             "| forgetting: paper / clrun | min/run |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| p (Welch) | differs (Holm 5%) | forgetting: paper / clrun | min/run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in frame.itertuples():
         fgt = "–"
         if pd.notna(r.paper_forgetting):
@@ -211,7 +253,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
         within = "–" if pd.isna(r.within_paper_std) else "yes" if r.within_paper_std else "**no**"
         lines.append(f"| {r.protocol} | {r.method} | {r.scenario} | {r.buffer} | {paper} "
                      f"| {r.clrun_ACC:.2f} ± {r.clrun_std:.2f} ({r.n}) | {r.diff:+.2f} | "
-                     f"{within} | {fgt} | {_minutes_cell(r)} |")
+                     f"{within} | {_p_cell(r.p_value)} | {_differs_cell(r.p_holm)} | {fgt} | {_minutes_cell(r)} |")
     return "\n".join(lines)
 
 

@@ -5,13 +5,15 @@ import itertools
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from scipy import stats
 
 from clrun.app import CONF_DIR
 from clrun.methods.base import Method
-from clrun.report import collect, compare_paper, markdown_table, report_main
+from clrun.report import collect, compare_paper, holm, markdown_table, report_main, welch_test
 from clrun.run import build, run
 from tests.conftest import clrun_cmd, make_cfg
 
@@ -175,3 +177,59 @@ def test_compare_paper_gives_minutes_per_device_when_a_cells_seeds_ran_on_cpu_an
     table = compare_paper(pd.DataFrame(rows))
     assert table.loc[0, "minutes_by_device"] == "cpu: 30.0; cuda:0 (NVIDIA H200): 5.5; unknown: 32.0"
     assert markdown_table(table).endswith("| 30.0 (CPU) / 5.5 (NVIDIA H200) / 32.0 (device unknown) |")
+
+
+def test_welch_test_from_summary_statistics_equals_the_test_on_the_runs_themselves():
+    rng = np.random.default_rng(0)
+    paper_runs, clrun_runs = rng.normal(70.0, 2.0, 10), rng.normal(72.0, 0.5, 3)
+    diff = clrun_runs.mean() - paper_runs.mean()
+    se = [a.std(ddof=1) / np.sqrt(len(a)) for a in (paper_runs, clrun_runs)]
+    t, df, p = welch_test(diff, se[0], len(paper_runs) - 1, se[1], len(clrun_runs) - 1)
+    raw = stats.ttest_ind(clrun_runs, paper_runs, equal_var=False)
+    assert (t, p) == pytest.approx((raw.statistic, raw.pvalue), rel=1e-9)
+    # equal standard errors and runs: the Welch df is the pooled test's 2 (n - 1)
+    assert welch_test(1.0, 1.0, 4, 1.0, 4)[1] == pytest.approx(8.0)
+    # a published SEM is the standard error whatever the run count: only df moves (van de Ven: 5 or 20 runs?)
+    t5, df5, p5 = welch_test(-1.03, 0.46, 4, 1.48 / np.sqrt(5), 4)
+    t20, df20, p20 = welch_test(-1.03, 0.46, 19, 1.48 / np.sqrt(5), 4)
+    assert t5 == t20 and df5 < df20 and p5 > p20
+    # one run, or no spread: the noise is unknown, so no p-value rather than a made-up one
+    assert all(np.isnan(welch_test(1.0, 0.5, 9, np.nan, 0)))
+    assert all(np.isnan(welch_test(1.0, 0.0, 9, 0.0, 2)))
+
+
+def test_holm_adjusts_over_the_whole_family_and_leaves_missing_p_values_out():
+    p = pd.Series([0.01, 0.04, np.nan, 0.03, 0.005], index=list("abcde"))
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, then the running maximum
+    assert holm(p).to_dict() == pytest.approx({"a": 0.03, "b": 0.06, "c": np.nan, "d": 0.06, "e": 0.02},
+                                              nan_ok=True)
+    assert holm(pd.Series([0.5, 0.9])).tolist() == [1.0, 1.0]
+
+
+def test_compare_paper_tells_out_of_the_papers_spread_from_a_different_mean(tmp_path):
+    proto = {"name": "p", "benchmark": "split_mnist", "spread": "std", "runs": 10,
+             "results": [{"method": "naive", "scenario": "class_il", "ACC": 19.60, "spread": 0.04},
+                         {"method": "er", "scenario": "class_il", "ACC": 50.0, "spread": 1.5}]}
+    accs = {"naive": [19.2, 19.9, 19.5], "er": [51.3, 51.4, 51.5, 51.35, 51.45, 51.4, 51.4, 51.3, 51.5, 51.4]}
+    rows = []
+    for method, values in accs.items():
+        for i, acc in enumerate(values):
+            job = tmp_path / f"{method}{i}"
+            job.mkdir()
+            (job / "config.yaml").write_text(OmegaConf.to_yaml({"protocol": proto}))
+            rows.append({"job_dir": str(job), "status": "completed", "method": method, "scenario": "class_il",
+                         "benchmark": "split_mnist", "ACC": acc / 100, "wall_seconds": 6.0, "device": "cpu"})
+    table = compare_paper(pd.DataFrame(rows)).set_index("method")
+    for method, cell in zip(accs, proto["results"]):
+        expect = stats.ttest_ind_from_stats(np.mean(accs[method]), np.std(accs[method], ddof=1), len(accs[method]),
+                                            cell["ACC"], cell["spread"], 10, equal_var=False)
+        assert table.loc[method, "p_value"] == pytest.approx(expect.pvalue, rel=1e-6)
+    # naive: 0.07 below, outside a 0.04 std, but three runs spread over 0.7 points cannot tell the means apart
+    assert table.loc["naive", "within_paper_std"] == False and table.loc["naive", "p_value"] > 0.3  # noqa: E712
+    # er: 1.4 above, inside a 1.5 std, yet ten tight runs against ten runs' standard error of 0.47 can
+    assert table.loc["er", "within_paper_std"] == True and table.loc["er", "p_holm"] < 0.05  # noqa: E712
+    assert table.loc["er", "p_holm"] == pytest.approx(2 * table.loc["er", "p_value"])
+    md = markdown_table(table.reset_index())
+    lines = {line.split(" | ")[1]: line for line in md.splitlines()[2:]}
+    assert f"| -0.07 | **no** | {table.loc['naive', 'p_value']:.3f} | no |" in lines["naive"]
+    assert f"| +1.40 | yes | {table.loc['er', 'p_value']:.3f} | **yes** |" in lines["er"]
