@@ -229,6 +229,11 @@ if [[ $what == all || $what == papers_checks ]]; then
   # strong a penalty the paper's 75.79 needs (a diagnostic; the preset keeps the published value)
   clrun -m +experiment=der_perm_mnist_base method=online_ewc method.lam=7,14 seed=0,1,2 $o \
     hydra.sweep.dir=$c/der_perm_oewc_stronger
+  # the same cell (and the None row, a check of the loop) as a plain PyTorch loop sharing no code with clrun
+  mkdir -p $c/der_perm_oewc_reference
+  python benchmarks/reference_oewc_perm.py --seeds 0 1 2 | tee $c/der_perm_oewc_reference/online_ewc.log
+  python benchmarks/reference_oewc_perm.py --seeds 0 1 2 --e-lambda 0 --lr 0.2 \
+    | tee $c/der_perm_oewc_reference/naive.log
   clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/rehearsal
   # A-GEM's preset with the 1,000 samples a task of the authors' later script, and the cost of its GEM row

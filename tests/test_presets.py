@@ -1,6 +1,7 @@
 """Published-protocol presets (conf/experiment): each composes with its settings intact, every cell of its
 sweep runs a tiny step on the synthetic stream, and clrun-report --compare-paper lines runs up with the paper."""
 
+import importlib.util
 import itertools
 import subprocess
 from pathlib import Path
@@ -233,3 +234,27 @@ def test_compare_paper_tells_out_of_the_papers_spread_from_a_different_mean(tmp_
     lines = {line.split(" | ")[1]: line for line in md.splitlines()[2:]}
     assert f"| -0.07 | **no** | {table.loc['naive', 'p_value']:.3f} | no |" in lines["naive"]
     assert f"| +1.40 | yes | {table.loc['er', 'p_value']:.3f} | **yes** |" in lines["er"]
+
+
+def test_table_pvalues_adds_the_test_to_a_printed_table_once(tmp_path):
+    """benchmarks/table_pvalues.py gives the README's p-values for rows pooled by hand: it must read the printed
+    cells as the report writes them, use the protocol's run count, and not stack columns on a second pass."""
+    spec = importlib.util.spec_from_file_location("table_pvalues", Path(CONF_DIR).parent / "benchmarks" /
+                                                  "table_pvalues.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = ["| protocol | method | scenario | buffer | paper | clrun (mean ± std, n) | diff | within | min/run |",
+             "|---|---|---|---|---|---|---|---|---|",
+             "| der_seq_mnist | naive | class_il |  | 19.60 ± 0.04 (std) | 19.53 ± 0.24 (10) | -0.07 | **no** | 0.1 |",
+             "| vandeven_perm_mnist | joint | domain_il |  | 97.59 ± 0.01 (sem) | 97.86 ± 0.05 (5) | +0.27 | **no** "
+             "| 2.4 |",
+             "| agem_perm_mnist | joint | domain_il |  | 95.30 (no spread) | 95.50 ± 0.08 (5) | +0.20 | – | 2.8 |"]
+    out = module.add_columns(table)
+    assert out[0].endswith("| within | p (Welch) | differs (Holm 5%) | min/run |") and out[1].count("---") == 11
+    # DER: std over its 10 runs; van de Ven: a SEM over 5 runs is the standard error itself
+    p_der = welch_test(-0.07, 0.04 / 10**0.5, 9, 0.24 / 10**0.5, 9)[2]
+    p_vdv = welch_test(0.27, 0.01, 4, 0.05 / 5**0.5, 4)[2]
+    assert f"| **no** | {p_der:.3f} | no | 0.1 |" in out[2]
+    assert p_vdv < 0.001 and "| **no** | <0.001 | **yes** | 2.4 |" in out[3]
+    assert "| – | – | – | 2.8 |" in out[4]
+    assert module.add_columns(out) == out
