@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from clrun.report import _differs_cell, _p_cell, holm, welch_test
+from clrun.report import format_differs, format_p, holm, welch_test
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "protocol"
 HEADER = "| protocol | method | scenario | buffer | paper | clrun (mean ± std, n) | diff | within |"
@@ -60,7 +60,7 @@ def add_columns(lines: list[str]) -> list[str]:
     out = [_row(header), "|" + "---|" * len(header)]
     for line, pv, ph in zip(lines[2:], p, p_holm):
         cells = _cells(line)
-        new = [_p_cell(pv), _differs_cell(ph)]
+        new = [format_p(pv), format_differs(ph)]
         out.append(_row(cells[:at] + new + cells[at + skip :]))
     return out
 

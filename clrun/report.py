@@ -231,11 +231,13 @@ def _minutes_cell(r) -> str:
     return " / ".join(f"{m}{_on_gpu(device) or labels.get(device, f' ({device})')}" for device, m in parts)
 
 
-def _p_cell(p: float) -> str:
+def format_p(p: float) -> str:
+    """A p-value for the markdown: three decimals, "<0.001" below that, "–" where there is no test."""
     return "–" if pd.isna(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _differs_cell(p_holm: float, alpha: float = 0.05) -> str:
+def format_differs(p_holm: float, alpha: float = 0.05) -> str:
+    """Whether a cell's mean differs from the paper's at level alpha after the Holm adjustment."""
     return "–" if pd.isna(p_holm) else "**yes**" if p_holm < alpha else "no"
 
 
@@ -253,7 +255,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
         within = "–" if pd.isna(r.within_paper_std) else "yes" if r.within_paper_std else "**no**"
         lines.append(f"| {r.protocol} | {r.method} | {r.scenario} | {r.buffer} | {paper} "
                      f"| {r.clrun_ACC:.2f} ± {r.clrun_std:.2f} ({r.n}) | {r.diff:+.2f} | "
-                     f"{within} | {_p_cell(r.p_value)} | {_differs_cell(r.p_holm)} | {fgt} | {_minutes_cell(r)} |")
+                     f"{within} | {format_p(r.p_value)} | {format_differs(r.p_holm)} | {fgt} | {_minutes_cell(r)} |")
     return "\n".join(lines)
 
 
