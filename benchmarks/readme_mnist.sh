@@ -234,6 +234,12 @@ if [[ $what == all || $what == papers_checks ]]; then
   python benchmarks/reference_oewc_perm.py --seeds 0 1 2 | tee $c/der_perm_oewc_reference/online_ewc.log
   python benchmarks/reference_oewc_perm.py --seeds 0 1 2 --e-lambda 0 --lr 0.2 \
     | tee $c/der_perm_oewc_reference/naive.log
+  # van de Ven's permuted offline bound the same way (about 18 minutes a run, one thread)
+  mkdir -p $c/vandeven_joint_reference
+  for scenario in domain class; do
+    python benchmarks/reference_joint_perm.py --scenario $scenario --seeds 0 1 \
+      | tee $c/vandeven_joint_reference/$scenario.log
+  done
   clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/rehearsal
   # A-GEM's preset with the 1,000 samples a task of the authors' later script, and the cost of its GEM row
