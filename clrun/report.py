@@ -127,8 +127,8 @@ def _protocol(job_dir: str) -> dict:
 def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per published cell that has completed runs: the paper's ACC (%) and spread next to clrun's mean
     and std over seeds, the difference, and whether it lies within the paper's standard deviation (a published
-    SEM is turned into a std with the paper's number of runs). "Within" is the issue's yardstick; it ignores how
-    many runs either side has, so each cell also gets Welch's t-test of the two means (the paper's standard
+    SEM is turned into a std with the paper's number of runs). "Within" is the presets' yardstick, but it
+    ignores how many runs either side has, so each cell also gets Welch's t-test of the two means (the paper's standard
     error from its spread and ``runs``, clrun's from its seeds) and the p-value Holm-adjusted over the table's
     cells: a cell can be outside the paper's std yet indistinguishable from its mean, or the reverse. Cells
     that publish forgetting (a fraction, as in A-GEM's F_T) also get the paper's and clrun's forgetting; the
