@@ -18,25 +18,14 @@ mean. ACC: the mean test accuracy over the 10 tasks at the end.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import os
-import time
 
 import torch
 import torch.nn.functional as F
+from reference_common import cli
 from torch import nn
-from torchvision.datasets import MNIST
 
 TASKS, ITERS, BATCH, BUDGET, TEMP = 10, 5000, 128, 2000, 2.0
-
-
-def load(root: str) -> tuple[torch.Tensor, ...]:
-    def padded(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        ds = MNIST(root, train=train, download=False)
-        return F.pad(ds.data.float() / 255, (2, 2, 2, 2)).flatten(1), ds.targets
-
-    return (*padded(True), *padded(False))
 
 
 class Net(nn.Module):
@@ -117,17 +106,11 @@ def run(seed: int, data: tuple[torch.Tensor, ...]) -> tuple[float, list[float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--root", default=os.environ.get("CLRUN_DATA", "data"))
-    a = ap.parse_args()
-    torch.set_num_threads(1)
-    data = load(a.root)
-    for seed in a.seeds:
-        start = time.time()
+    def one(seed, data, a):
         acc, accs = run(seed, data)
-        print(f"seed {seed} iCaRL: ACC {acc:.2f}  per task {' '.join(f'{100 * v:.2f}' for v in accs)}  "
-              f"({(time.time() - start) / 60:.1f} min)", flush=True)
+        return f"iCaRL: ACC {acc:.2f}  per task {' '.join(f'{100 * v:.2f}' for v in accs)}"
+
+    cli(__doc__, 2, one)
 
 
 if __name__ == "__main__":

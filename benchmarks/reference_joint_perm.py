@@ -15,24 +15,12 @@ over the 10 tasks at the end (class-IL: argmax over all 100 units).
 
 from __future__ import annotations
 
-import argparse
-import os
-import time
-
 import torch
 import torch.nn.functional as F
+from reference_common import cli
 from torch import nn
-from torchvision.datasets import MNIST
 
 TASKS, ITERS, BATCH = 10, 5000, 128
-
-
-def load(root: str) -> tuple[torch.Tensor, ...]:
-    def padded(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        ds = MNIST(root, train=train, download=False)
-        return F.pad(ds.data.float() / 255, (2, 2, 2, 2)).flatten(1), ds.targets
-
-    return (*padded(True), *padded(False))
 
 
 def run(seed: int, scenario: str, data: tuple[torch.Tensor, ...]) -> tuple[float, list[float]]:
@@ -69,18 +57,14 @@ def run(seed: int, scenario: str, data: tuple[torch.Tensor, ...]) -> tuple[float
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenario", choices=["domain", "class"], default="domain")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--root", default=os.environ.get("CLRUN_DATA", "data"))
-    a = ap.parse_args()
-    torch.set_num_threads(1)
-    data = load(a.root)
-    for seed in a.seeds:
-        start = time.time()
+    def arguments(ap):
+        ap.add_argument("--scenario", choices=["domain", "class"], default="domain")
+
+    def one(seed, data, a):
         acc, accs = run(seed, a.scenario, data)
-        print(f"seed {seed} {a.scenario}-IL joint: ACC {acc:.2f}  per task "
-              f"{' '.join(f'{100 * v:.2f}' for v in accs)}  ({(time.time() - start) / 60:.1f} min)", flush=True)
+        return f"{a.scenario}-IL joint: ACC {acc:.2f}  per task {' '.join(f'{100 * v:.2f}' for v in accs)}"
+
+    cli(__doc__, 2, one, arguments)
 
 
 if __name__ == "__main__":

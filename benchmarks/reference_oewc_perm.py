@@ -14,20 +14,11 @@ and theta* the parameters at the end of the latest task. ACC: the mean test accu
 
 from __future__ import annotations
 
-import argparse
-import os
-import time
-
 import torch
 import torch.nn.functional as F
+from reference_common import cli
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torchvision.datasets import MNIST
-
-
-def load(root: str) -> tuple[torch.Tensor, ...]:
-    train, test = MNIST(root, train=True, download=False), MNIST(root, train=False, download=False)
-    return (train.data.flatten(1).float() / 255, train.targets, test.data.flatten(1).float() / 255, test.targets)
 
 
 def mlp() -> nn.Sequential:
@@ -92,19 +83,16 @@ def run(seed: int, e_lambda: float, lr: float, data: tuple[torch.Tensor, ...],
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--e-lambda", type=float, default=0.7, help="mammoth's e_lambda (0: plain SGD, the None row)")
-    ap.add_argument("--lr", type=float, default=0.1, help="0.1 for ewc_on, 0.2 for mammoth's sgd (best_args)")
-    ap.add_argument("--root", default=os.environ.get("CLRUN_DATA", "data"))
-    a = ap.parse_args()
-    torch.set_num_threads(1)
-    data = load(a.root)
-    for seed in a.seeds:
-        start = time.time()
+    def arguments(ap):
+        ap.add_argument("--e-lambda", type=float, default=0.7, help="mammoth's e_lambda (0: plain SGD, the None row)")
+        ap.add_argument("--lr", type=float, default=0.1, help="0.1 for ewc_on, 0.2 for mammoth's sgd (best_args)")
+
+    def one(seed, data, a):
         acc, learned = run(seed, a.e_lambda, a.lr, data)
-        print(f"seed {seed} e_lambda {a.e_lambda} lr {a.lr}: ACC {acc:.2f}  learning accuracy "
-              f"{100 * sum(learned) / len(learned):.2f}  ({(time.time() - start) / 60:.1f} min)", flush=True)
+        return (f"e_lambda {a.e_lambda} lr {a.lr}: ACC {acc:.2f}  learning accuracy "
+                f"{100 * sum(learned) / len(learned):.2f}")
+
+    cli(__doc__, 0, one, arguments, seeds=(0, 1, 2))
 
 
 if __name__ == "__main__":
