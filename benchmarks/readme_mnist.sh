@@ -240,6 +240,9 @@ if [[ $what == all || $what == papers_checks ]]; then
     python benchmarks/reference_joint_perm.py --scenario $scenario --seeds 0 1 \
       | tee $c/vandeven_joint_reference/$scenario.log
   done
+  # and van de Ven's permuted iCaRL (about 28 minutes a run)
+  mkdir -p $c/vandeven_icarl_reference
+  python benchmarks/reference_icarl_perm.py --seeds 0 1 | tee $c/vandeven_icarl_reference/icarl.log
   clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/rehearsal
   # A-GEM's preset with the 1,000 samples a task of the authors' later script, and the cost of its GEM row
