@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from clrun.report import format_differs, format_p, holm, welch_test
+from clrun.report import format_differs, format_p, holm, welch_against_paper
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "protocol"
 HEADER = "| protocol | method | scenario | buffer | paper | clrun (mean ± std, n) | diff | within |"
@@ -48,11 +48,8 @@ def add_columns(lines: list[str]) -> list[str]:
             stats.append(math.nan)
             continue
         runs = yaml.safe_load((CONF / f"{cells[0]}.yaml").read_text())["runs"]
-        spread, kind = float(paper[2]), paper[3]
-        paper_se = spread if kind == "sem" else spread / math.sqrt(runs)
         mean, std, n = float(ours[1]), float(ours[2]), int(ours[3])
-        _, _, p = welch_test(mean - float(paper[1]), paper_se, runs - 1, std / math.sqrt(n), n - 1)
-        stats.append(p)
+        stats.append(welch_against_paper(mean - float(paper[1]), float(paper[2]), paper[3], runs, std, n)[2])
     p = pd.Series(stats)
     p_holm = holm(p)
     skip = len(NEW) if present else 0  # a second pass replaces the columns instead of adding them again

@@ -128,9 +128,9 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per published cell that has completed runs: the paper's ACC (%) and spread next to clrun's mean
     and std over seeds, the difference, and whether it lies within the paper's standard deviation (a published
     SEM is turned into a std with the paper's number of runs). "Within" is the presets' yardstick, but it
-    ignores how many runs either side has, so each cell also gets Welch's t-test of the two means (the paper's standard
-    error from its spread and ``runs``, clrun's from its seeds) and the p-value Holm-adjusted over the table's
-    cells: a cell can be outside the paper's std yet indistinguishable from its mean, or the reverse. Cells
+    ignores how many runs either side has, so each cell also gets Welch's t-test of the two means (the paper's
+    standard error from its spread and ``runs``, clrun's from its seeds) and the p-value Holm-adjusted over the
+    table's cells: a cell can be outside the paper's std yet indistinguishable from its mean, or the reverse. Cells
     that publish forgetting (a fraction, as in A-GEM's F_T) also get the paper's and clrun's forgetting; the
     others NaN."""
     done = summary[summary.status == "completed"]
@@ -153,14 +153,12 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
             acc = 100 * sel.ACC
             kind = proto.get("spread", "std")
             spread = cell.get("spread")  # None: the paper prints the mean alone
-            runs = proto.get("runs")  # the paper's runs: turn a SEM into a std, a std into a standard error
+            runs = proto.get("runs")  # the paper's runs: turn a SEM into a std
             paper_std = (math.nan if spread is None else spread * math.sqrt(runs or 1) if kind == "sem"
                          else spread)
             diff = acc.mean() - cell["ACC"]
-            paper_se = (math.nan if spread is None or (kind != "sem" and not runs) else spread if kind == "sem"
-                        else spread / math.sqrt(runs))
             clrun_std = acc.std(ddof=1) if len(acc) > 1 else math.nan
-            t, df, p = welch_test(diff, paper_se, (runs or 0) - 1, clrun_std / math.sqrt(len(acc)), len(acc) - 1)
+            t, df, p = welch_against_paper(diff, spread, kind, runs, clrun_std, len(acc))
             fgt = sel.forgetting if "forgetting" in cell else pd.Series(dtype=float)  # only where published
             rows.append({"protocol": name, "method": cell["method"], "scenario": cell["scenario"],
                          "buffer": cell.get("buffer", ""), "paper_ACC": cell["ACC"],
@@ -177,6 +175,16 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
     if not frame.empty:
         frame["p_holm"] = holm(frame.p_value)
     return frame
+
+
+def welch_against_paper(diff: float, spread: float | None, kind: str, runs: int | None, clrun_std: float,
+                       n: int) -> tuple[float, float, float]:
+    """Welch's test of clrun's mean (std over n seeds) against a published mean whose spread is a ``kind``
+    ("std" or "sem") over ``runs`` runs: a SEM is the standard error itself, a std needs the run count."""
+    if spread is None or not runs:
+        return math.nan, math.nan, math.nan
+    paper_se = spread if kind == "sem" else spread / math.sqrt(runs)
+    return welch_test(diff, paper_se, runs - 1, clrun_std / math.sqrt(n), n - 1)
 
 
 def welch_test(diff: float, se_a: float, df_a: float, se_b: float, df_b: float) -> tuple[float, float, float]:
