@@ -61,8 +61,32 @@ def _record_failure(cfg: DictConfig, out_dir: str, err: BaseException) -> None:
                                      "status": "failed", "error": f"{type(err).__name__}: {err}"})
 
 
+def user_search_path(argv: list[str], env: str | None) -> list[str]:
+    """``argv`` with the directories of ``CLRUN_CONFIG_PATH`` (``os.pathsep``-separated) added to Hydra's
+    config search path, after any ``hydra.searchpath`` the command line gives: a user's own config groups
+    (conf/method/mine.yaml, ...) are found without touching clrun's."""
+    dirs = [d for d in (env or "").split(os.pathsep) if d]
+    if not dirs:
+        return argv
+    for d in dirs:
+        if not Path(d).is_dir():
+            sys.exit(f"clrun: error: CLRUN_CONFIG_PATH={env} names {d}, which is not a directory")
+    extra = [f"file://{Path(d).resolve()}" for d in dirs]
+    given = [a for a in argv if a.startswith("hydra.searchpath=")]
+    if given:
+        listed = OmegaConf.create({"p": given[-1].split("=", 1)[1]}).p  # the user's list, as Hydra parses it
+        rest = [a for a in argv if not a.startswith("hydra.searchpath=")]
+        return [*rest, f"hydra.searchpath=[{','.join([*map(str, listed), *extra])}]"]
+    return [*argv, f"hydra.searchpath=[{','.join(extra)}]"]
+
+
 def main() -> None:
     """``clrun [overrides]``; ``clrun --resume DIR`` re-runs DIR's own overrides into DIR with resume=true."""
+    # a user's method, stream or model is a module of their own project: importable from where clrun runs,
+    # as with ``python -m``
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    sys.argv = [sys.argv[0], *user_search_path(sys.argv[1:], os.environ.get("CLRUN_CONFIG_PATH"))]
     if "--resume" in sys.argv:
         i = sys.argv.index("--resume")
         if i + 1 >= len(sys.argv):

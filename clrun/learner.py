@@ -7,11 +7,10 @@ from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
-from clrun.buffer import per_class_first
-from clrun.methods.base import Batch, Method
+from clrun.context import Context
+from clrun.methods.base import Batch, Method, Step
 from clrun.streams import ConfigError, Scenario, Stream
 
 
@@ -24,6 +23,9 @@ class Interrupted(RuntimeError):
 
 
 class Learner:
+    """Runs every optimiser step of a run: the methods only contribute to it, through the hooks of
+    :class:`~clrun.methods.base.Method` (the sequence is written once, in :meth:`step`)."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -38,9 +40,9 @@ class Learner:
         seed: int = 0,
         on_nan: str = "stop",
         reset_optimizer: bool = True,
+        check_step: bool = False,
     ):
         self.device = torch.device(device)
-        self.model = model.to(self.device)
         self.stream = stream
         self.scenario = scenario.to(self.device)
         self.method = method
@@ -49,9 +51,14 @@ class Learner:
         for m in self.methods:
             if scenario.name not in m.scenarios:
                 raise ConfigError(
-                    f"method {type(m).__name__} does not support scenario={scenario.name}; "
+                    f"method {m.name} does not support scenario={scenario.name}; "
                     f"it supports: {', '.join(m.scenarios)}"
                 )
+        if self.regularizers and type(method).forward is not Method.forward:
+            # a regulariser reads the model as it is (LwF's snapshot, EWC's Fisher); this method routes its inputs
+            raise ConfigError(f"regularizers={'+'.join(r.name for r in self.regularizers)} cannot be stacked on "
+                              f"method={method.name}: it computes with its own architecture or masks, which the "
+                              "regularisers do not see; use it alone")
         self.optimizer_factory = optimizer_factory or (lambda ps: torch.optim.SGD(ps, lr=0.01))
         self.optimizer: torch.optim.Optimizer | None = None
         self.reset_optimizer = reset_optimizer
@@ -60,17 +67,40 @@ class Learner:
         self.seed = seed
         self.stop_requested: str | None = None  # set by a signal handler; checked once per step
         self.on_nan = on_nan  # stop: raise Diverged at the epoch's end; skip: drop non-finite steps (syncs)
-        self.generator = torch.Generator().manual_seed(seed)  # batch order: independent of model init
-        self.current_task = -1
+        self.check_step = check_step  # verify each step's gradient against autograd of the logged loss (slow)
+        self.ctx = Context(self, model.to(self.device), stream, self.scenario, self.device, seed, batch_size,
+                           method.train_units)
         self.observers: list = []  # diagnostics: before_task / after_step / after_task, no say in the loss
         for m in self.methods:
-            m.bind(self)
+            m.bind(self.ctx)
         for m in self.methods:
             m.setup()
 
-    # ---- objective pieces shared by every method
+    # the model, the batch-order generator and the current task live in the context the methods share
+    @property
+    def model(self) -> nn.Module:
+        return self.ctx.model
+
+    @model.setter
+    def model(self, model: nn.Module) -> None:
+        self.ctx.model = model
+
+    @property
+    def generator(self) -> torch.Generator:
+        return self.ctx.generator
+
+    @property
+    def current_task(self) -> int:
+        return self.ctx.current_task
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+        return self.ctx.trainable_parameters()
+
+    def task_sample(self, task_id: int, n: int | None = None, per_class: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        return self.ctx.task_sample(task_id, n, per_class)
+
+    def ce(self, logits: Tensor, y: Tensor, task_ids: Tensor, upto: int) -> Tensor:
+        return self.ctx.ce(logits, y, task_ids, upto)
 
     def make_optimizer(self) -> None:
         """A fresh optimiser per task (default), or one kept across tasks (``reset_optimizer=false``: its
@@ -83,26 +113,77 @@ class Learner:
         if new:
             self.optimizer.add_param_group({"params": new})
 
-    def ce(self, logits: Tensor, y: Tensor, task_ids: Tensor, upto: int) -> Tensor:
-        """Cross-entropy over each sample's candidate units (the primary method's ``train_units``, if set)."""
-        return F.cross_entropy(self.scenario.train_masked(logits, task_ids, upto, self.method.train_units), y)
-
-    def penalty(self, batch: Batch, logits: Tensor) -> Tensor | float:
-        total: Tensor | float = 0.0
-        for m in self.methods:
-            p = m.penalty(batch, logits)
+    # ---- the one training step
+    def step(self, batch: Batch, phase: str = "train") -> tuple[Tensor, Tensor]:
+        """One optimiser step on ``batch`` with every method's contribution; returns (loss, new logits), both
+        detached: the loss is the one whose gradient was applied (before gradient transforms)."""
+        primary, methods = self.method, self.methods
+        self.optimizer.zero_grad(set_to_none=True)
+        replayed = primary.replay(batch)
+        x = batch.x if replayed is None else torch.cat([batch.x, replayed.x])
+        step = Step(batch, replayed, primary.forward(x, batch.task), phase)
+        new_logits = step.new_logits
+        loss = primary.data_loss(step)
+        for m in methods:
+            p = m.penalty(batch, new_logits)
             if p is not None:
-                total = total + p
-        return total
+                loss = loss + p
+        scale = 1.0
+        for m in methods:
+            scale *= m.loss_scale()
+        step.scale = scale
+        if scale != 1.0:
+            loss = loss * scale
+        graph = loss if self.check_step else None
+        loss.backward(retain_graph=self.check_step)
+        loss = loss.detach()
+        for m in methods:
+            value = m.add_penalty_gradient(scale)
+            if value is not None:
+                loss = loss + scale * value
+        if self.check_step:
+            self._check_gradient(graph, loss, scale)
+        frozen = self._frozen()
+        if frozen:
+            for p, mask, _ in frozen:
+                if p.grad is not None:
+                    p.grad.masked_fill_(mask, 0.0)
+        for m in methods:
+            m.transform_gradient(step)
+        self.optimizer.step()
+        if frozen:
+            with torch.no_grad():  # momentum or weight decay could still move a frozen entry: put it back
+                for p, mask, kept in frozen:
+                    p.copy_(torch.where(mask, kept, p))
+        for m in methods:
+            m.after_step(step)
+        return loss, new_logits.detach()
 
-    def objective(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """(CE on the batch + every method's penalty, raw logits)."""
-        logits = self.method.forward(batch.x, batch.task)
-        return self.ce(logits, batch.y, batch.task_ids, batch.task) + self.penalty(batch, logits), logits
-
-    def after_backward(self) -> None:
+    def _frozen(self) -> list[tuple[nn.Parameter, Tensor, Tensor]]:
+        """(parameter, mask, its values now) for every entry a method freezes this step."""
+        params = dict(self.model.named_parameters())
+        out = []
         for m in self.methods:
-            m.after_backward()
+            for name, mask in (m.frozen() or {}).items():
+                out.append((params[name], mask, params[name].detach().clone()))
+        return out
+
+    def _check_gradient(self, graph: Tensor, logged: Tensor, scale: float) -> None:
+        """check_step=true: the gradient about to be applied must be autograd's gradient of the logged loss."""
+        params = self.trainable_parameters()
+        total = graph
+        for m in self.methods:
+            v = m.penalty_value()
+            if v is not None:
+                total = total + scale * v
+        torch.testing.assert_close(total.detach(), logged, rtol=1e-4, atol=1e-5,
+                                   msg="check_step: the logged loss is not the loss of the applied terms")
+        expected = torch.autograd.grad(total, params, allow_unused=True)
+        for (name, p), g in zip([(n, p) for n, p in self.model.named_parameters() if p.requires_grad], expected):
+            have = p.grad if p.grad is not None else torch.zeros_like(p)
+            want = g if g is not None else torch.zeros_like(p)
+            torch.testing.assert_close(have, want, rtol=1e-4, atol=1e-6,
+                                       msg=lambda m, name=name: f"check_step: gradient of {name} differs: {m}")
 
     # ---- the loop
     def train_task(self, task_id: int, epochs: int = 1, iters: int | None = None,
@@ -111,12 +192,25 @@ class Learner:
         """Train task ``task_id`` for ``epochs`` (or exactly ``iters`` steps); returns one log row per epoch.
 
         ``progress(total_steps)`` may return a callable ticked once per step (a progress bar's update)."""
-        self.current_task = task_id
+        self.ctx.current_task = task_id
         for m in self.methods:
             m.before_task(task_id)
         self.make_optimizer()
         for o in self.observers:
             o.before_task(task_id)
+        rows = self._epochs(task_id, epochs, iters, progress, on_epoch, "train")
+        for o in self.observers:  # the model as trained, before a method's after_task may change it
+            o.after_task(task_id)
+        for m in self.methods:
+            m.after_task(task_id)
+        return rows
+
+    def extra_epochs(self, task_id: int, epochs: int) -> None:
+        """More epochs of task ``task_id`` with a fresh optimiser (a method's phase: ctx.train); not logged."""
+        self.make_optimizer()
+        self._epochs(task_id, epochs, None, None, None, "retrain")
+
+    def _epochs(self, task_id: int, epochs: int, iters: int | None, progress, on_epoch, phase: str) -> list[dict]:
         x_all, y_all, ids_all = self.method.training_set(task_id)
         task = self.stream.tasks[task_id]
         n = len(y_all)
@@ -139,11 +233,11 @@ class Learner:
                     raise Interrupted(f"{self.stop_requested} during task {task_id + 1}")
                 idx = order[s : s + self.batch_size]
                 ids = ids_all[idx]
-                x = task.inputs(x_all[idx]) if single_task else self.view(x_all[idx], ids)
+                x = task.inputs(x_all[idx]) if single_task else self.ctx.view(x_all[idx], ids)
                 batch = Batch(x, y_all[idx], ids, task_id)
                 if self.on_nan == "skip":
                     snapshot = [p.detach().clone() for p in self.model.parameters()]
-                loss, logits = self.method.train_step(batch)
+                loss, logits = self.step(batch, phase)
                 if self.on_nan == "skip" and not bool(torch.isfinite(loss)):
                     with torch.no_grad():  # undo the step; its moments may hold NaN too
                         for p, old in zip(self.model.parameters(), snapshot):
@@ -152,10 +246,9 @@ class Learner:
                     skipped += 1
                     step += 1
                     continue
-                for m in self.methods:
-                    m.after_step()
-                for o in self.observers:
-                    o.after_step()
+                if phase == "train":
+                    for o in self.observers:
+                        o.after_step()
                 # accumulate on-device: no host sync per step
                 loss_sum += loss * len(idx)
                 pred = self.scenario.masked(logits, ids, task_id).argmax(1)
@@ -175,39 +268,26 @@ class Learner:
             if on_epoch:
                 on_epoch(row)
             epoch += 1
-        for o in self.observers:  # the model as trained, before a method's after_task may change it
-            o.after_task(task_id)
-        for m in self.methods:
-            m.after_task(task_id)
         return rows
 
-    def view(self, x: Tensor, ids: Tensor) -> Tensor:
-        """Apply each sample's task view (permutation) to stored inputs that mix tasks (joint, exemplars)."""
-        tasks = self.stream.tasks
-        if all(t.perm is None for t in tasks):
-            return x
-        out = x.clone()
-        for t in ids.unique().tolist():
-            sel = ids == t
-            out[sel] = tasks[t].inputs(x[sel])
-        return out
-
-    def task_sample(self, task_id: int, n: int | None = None, per_class: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Up to ``n`` random training samples of one task: (inputs in the task's view, unit targets, task ids).
-        ``per_class``: the ``n`` are split equally over the task's classes (random within each class), as
-        Chaudhry et al.'s episodic memories keep 25 samples of each class of a task.
-
-        Drawn with their own generator, so estimating importance does not shift the batch order."""
+    def fit(self, task_id: int, epochs: int, loss_fn: Callable[[Tensor, Tensor], Tensor],
+            parameters: list[nn.Parameter], lr: float, generator: torch.Generator, eval_mode: bool) -> None:
+        """A method's own phase (ctx.fit): plain SGD on ``parameters`` with ``loss_fn`` alone, same step shape."""
         task = self.stream.tasks[task_id]
-        total = len(task.train_y)
-        if n is not None and n < total:
-            g = torch.Generator().manual_seed(self.seed * 7919 + task_id)
-            order = torch.randperm(total, generator=g)
-            idx = (order[per_class_first(task.train_y.cpu()[order], n)] if per_class else order[:n]).to(self.device)
-        else:
-            idx = torch.arange(total, device=self.device)
-        ids = torch.full((len(idx),), task_id, dtype=torch.long, device=self.device)
-        return task.inputs(task.train_x[idx]), self.scenario.targets(task.train_y[idx], task_id), ids
+        optimizer = torch.optim.SGD(parameters, lr=lr)
+        n = len(task.train_y)
+        was_training = self.model.training
+        self.model.train(not eval_mode)
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator).to(task.train_x.device)
+            for s in range(0, n, self.batch_size):
+                idx = order[s : s + self.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(task.inputs(task.train_x[idx]), task.train_y[idx]).backward()
+                optimizer.step()
+        for p in parameters:
+            p.grad = None
+        self.model.train(was_training)
 
     # ---- evaluation
     @torch.inference_mode()

@@ -88,6 +88,13 @@ def build(node: DictConfig, **kwargs):
         cause = err.__cause__
         if isinstance(cause, (ConfigError, DatasetError)):
             raise cause from None
+        if "Error locating target" in str(err):  # a user's class that cannot be imported: say which and why
+            key, root = OmegaConf.select(node, "_target_"), err
+            while root.__cause__ is not None:
+                root = root.__cause__
+            why = " ".join(f"{type(root).__name__}: {root}".split())
+            raise ConfigError(f"_target_={key} cannot be imported ({why}); run clrun from the directory that holds "
+                              "its package, or install the package") from None
         raise
 
 
@@ -148,7 +155,8 @@ def _run(cfg: DictConfig, out_dir: str | Path) -> dict:
     model = build(cfg.model, in_shape=stream.in_shape, n_outputs=scenario.n_outputs)
     learner = Learner(model, stream, scenario, method, regularizers, build(cfg.optimizer), device,
                       int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed), str(cfg.on_nan),
-                      bool(OmegaConf.select(cfg, "reset_optimizer", default=True)))
+                      bool(OmegaConf.select(cfg, "reset_optimizer", default=True)),
+                      check_step=bool(OmegaConf.select(cfg, "check_step", default=False)))
 
     if diagnostics.enabled:
         diagnostics.bind(learner)

@@ -150,6 +150,12 @@ class Scenario:
         ``train_units`` (a method whose published code spans other units than the protocol's)."""
         return logits if (units or self.train_units) == "all" else self.masked(logits, task_ids, upto)
 
+    def train_candidates(self, task_ids: Tensor, upto: int, units: str | None = None) -> Tensor:
+        """Bool [B, n_outputs] of the units :meth:`train_masked` lets compete (every unit with train_units=all)."""
+        if (units or self.train_units) == "all":
+            return torch.ones(len(task_ids), self.n_outputs, dtype=torch.bool, device=task_ids.device)
+        return self.candidates(task_ids, upto)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # benchmarks: each builds a Stream of tasks with local labels

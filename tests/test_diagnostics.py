@@ -9,6 +9,7 @@ from clrun import io
 from clrun.diagnostics import Diagnostics, fisher_spectrum
 from clrun.importance import SampleGradients, fisher_diag, lanczos_top
 from clrun.learner import Learner
+from clrun.methods.base import Step
 from clrun.methods.ewc import EWC
 from clrun.methods.naive import Naive
 from clrun.models import CNN, MLP
@@ -101,11 +102,11 @@ def test_first_order_prediction_matches_observed_loss_change_for_a_tiny_step():
     assert -eta * float(g_old @ g_new) == pytest.approx(observed, rel=1e-2)
 
 
-def _learner(lr, seed=0):
+def _learner(lr, seed=0, method=None, hidden=32):
     s = split(dataset="synthetic", n_tasks=5, side=4, n_train=40, n_test=20)
     torch.manual_seed(seed)
     sc = Scenario("class_il", s)
-    return Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[32]), s, sc, Naive(), batch_size=16,
+    return Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[hidden]), s, sc, method or Naive(), batch_size=16,
                    optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=lr))
 
 
@@ -130,10 +131,7 @@ def test_interference_rows_track_the_observed_loss_change(tmp_path):
 
 def _tiny_ewc(form, rank=4, lam=3.0, step="explicit"):
     ewc = EWC(lam=lam, fisher="empirical", fisher_samples=None, fisher_form=form, rank=rank, lowrank_step=step)
-    L = _learner(lr=0.05)
-    L.model = MLP((1, 4, 4), L.scenario.n_outputs, hidden=[6])
-    ewc.bind(L)
-    L.method, L.methods = ewc, [ewc]
+    L = _learner(lr=0.05, method=ewc, hidden=6)
     L.train_task(0, epochs=2)
     return ewc, L
 
@@ -160,7 +158,7 @@ def test_lowrank_penalty_equals_the_explicit_quadratic_form(rank):
     # the gradient added after backward is the gradient of that penalty
     for p in params:
         p.grad = None
-    ewc.after_backward()
+    ewc.add_penalty_gradient(1.0)
     added = torch.cat([p.grad.flatten() for p in params]).double()
     explicit_grad = ewc.lam * (V @ (lam_k * (V.T @ d)) + residual * d)
     assert torch.allclose(added, explicit_grad, rtol=1e-3, atol=1e-6)
@@ -213,7 +211,7 @@ def test_lowrank_implicit_step_shrinks_each_eigen_component_exactly():
         for p in params:
             p.add_(torch.randn_like(p) * 0.1)
     before = vecs.T @ (ewc._theta() - anchor)
-    ewc.after_step()  # what follows each optimiser step
+    ewc.after_step(Step(None, None, None))  # what follows each optimiser step
     after = vecs.T @ (ewc._theta() - anchor)
     lr = L.optimizer.param_groups[0]["lr"]
     assert torch.allclose(after, before / (1 + lr * ewc.lam * evals), rtol=1e-4, atol=1e-6)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from clrun.importance import batch_squared_gradient, fisher_diag, mas_importance
 from clrun.learner import Learner
-from clrun.methods.base import Batch
+from clrun.methods.base import Batch, Step
 from clrun.methods.ewc import EWC
 from clrun.methods.lwf import LwF
 from clrun.methods.mas import MAS
@@ -16,6 +16,8 @@ from clrun.models import MLP
 from clrun.run import run
 from clrun.streams import Scenario, split
 from tests.conftest import FAST, make_cfg
+
+NO_STEP = Step(None, None, None)  # hooks that do not read the step
 
 
 def tiny_problem(seed=0, n=12):
@@ -171,7 +173,7 @@ def test_ewc_penalty_is_half_lam_F_delta_squared():
     torch.testing.assert_close(ewc.value(), expected.detach())
     # training adds the penalty's gradient after backward: it must equal autograd's gradient of the penalty
     L.model.zero_grad(set_to_none=True)
-    ewc.after_backward()
+    ewc.add_penalty_gradient(1.0)
     auto = torch.autograd.grad(expected, list(L.model.parameters()))
     for p, g in zip(L.model.parameters(), auto):
         torch.testing.assert_close(p.grad, g)
@@ -193,11 +195,12 @@ def test_si_importance_is_the_path_integral_on_a_two_step_quadratic():
         g = a * theta
         for q in model.parameters():
             q.grad = torch.full_like(q, g)
-        si.after_backward()
+        si.add_penalty_gradient(1.0)
+        si.transform_gradient(NO_STEP)
         with torch.no_grad():
             for q in model.parameters():
                 q -= lr * q.grad
-        si.after_step()
+        si.after_step(NO_STEP)
         path += -g * (-lr * g)
         theta = theta - lr * g
     si.after_task(0)
@@ -217,7 +220,8 @@ def test_si_path_integral_takes_the_gradient_its_option_names(path_grad):
             p.add_(0.5)
     for p in L.model.parameters():
         p.grad = torch.ones_like(p)
-    si.after_backward()
+    si.add_penalty_gradient(1.0)
+    si.transform_gradient(NO_STEP)
     penalty_grad = 2 * 2.0 * 1.0 * 0.5  # d/dtheta c Omega (theta - theta*)^2
     recorded = 1.0 + (penalty_grad if path_grad == "total" else 0.0)
     for p, g in zip(L.model.parameters(), si._grad):
@@ -235,7 +239,8 @@ def test_si_clip_value_clamps_the_step_and_the_total_path_gradient():
             p.add_(0.5)
     for p in L.model.parameters():
         p.grad = torch.full_like(p, -0.5)
-    si.after_backward()  # -0.5 + penalty 2.0 = 1.5, clamped to 1
+    si.add_penalty_gradient(1.0)
+    si.transform_gradient(NO_STEP)  # -0.5 + penalty 2.0 = 1.5, clamped to 1
     for p, g in zip(L.model.parameters(), si._grad):
         torch.testing.assert_close(p.grad, torch.ones_like(p))
         torch.testing.assert_close(g, torch.ones_like(p))
@@ -270,7 +275,7 @@ def test_lwf_seen_units_distils_against_zero_padded_targets_in_class_il():
     sc = Scenario("class_il", s)
     L = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, Naive(), [])
     lwf = LwF(alpha=1.0, temperature=2.0, kd_units="seen")
-    lwf.learner = L
+    lwf.ctx = L.ctx
     lwf.after_task(0)
     x, y, ids = L.task_sample(1, 6)
     logits = L.model(x).detach().requires_grad_(True)
@@ -289,7 +294,7 @@ def test_lwf_seen_units_distils_against_zero_padded_targets_in_class_il():
     dsc = Scenario("domain_il", s)
     D = Learner(MLP((1, 4, 4), dsc.n_outputs, hidden=[8]), s, dsc, Naive(), [])
     for m in same.values():
-        m.learner = D
+        m.ctx = D.ctx
         m.after_task(0)
     with torch.no_grad():
         moved = D.model(x) + torch.randn(len(x), dsc.n_outputs)
@@ -305,7 +310,7 @@ def test_lwf_kd_mean_units_is_the_2018_codes_mean_over_batch_and_units(scenario)
     L = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[8]), s, sc, Naive(), [])
     lwfs = {m: LwF(alpha=1.0, temperature=2.0, kd_units="seen", kd_mean=m) for m in ("batch", "units")}
     for m in lwfs.values():
-        m.learner = L
+        m.ctx = L.ctx
         m.after_task(0)
         m.after_task(1)  # two old tasks: two old heads in task-IL
     x, y, ids = L.task_sample(2, 6)
@@ -350,7 +355,7 @@ def test_lwf_by_task_weighting_is_one_over_t_ce_plus_the_rest_kd(scenario):
         batch = Batch(x, y, ids, 3)
         logits = L.model(x)
         ce = L.ce(logits, y, ids, 3).item()
-        losses[weighting] = (lwf.train_step(batch)[0].item(), ce)
+        losses[weighting] = (L.step(batch)[0].item(), ce)
     const_loss, ce = losses["constant"]
     kd_constant = const_loss - ce  # CE + KD summed over old heads
     n_groups = 3 if scenario == "task_il" else 1

@@ -124,7 +124,7 @@ def test_der_stores_the_logits_seen_at_insertion():
     L.make_optimizer()
     x, y, ids = L.task_sample(0, 8)
     before = L.model(x).detach()
-    der.train_step(Batch(x, y, ids, 0))
+    L.step(Batch(x, y, ids, 0))
     after = L.model(x).detach()
     assert not torch.allclose(before, after)
     torch.testing.assert_close(der.buffer.logits[:8], before)
@@ -158,8 +158,8 @@ def test_icarl_merged_replay_puts_each_exemplar_in_the_task_training_set_once():
     ex, ex_ids = x[n_new:], ids[n_new:]
     assert all(bool((s.tasks[1].train_x.flatten(1) == row).all(1).any()) for row in ex.flatten(1))
     from_1 = ex_ids == 1
-    torch.testing.assert_close(L.view(ex, ex_ids)[from_1], s.tasks[1].inputs(ex[from_1]))
-    assert not torch.equal(L.view(ex, ex_ids)[from_1], ex[from_1])  # task 2's permutation is not the identity
+    torch.testing.assert_close(L.ctx.view(ex, ex_ids)[from_1], s.tasks[1].inputs(ex[from_1]))
+    assert not torch.equal(L.ctx.view(ex, ex_ids)[from_1], ex[from_1])  # task 2's permutation is not the identity
     with pytest.raises(ConfigError, match="method.replay"):
         ICaRL(replay="stream")
 
@@ -175,7 +175,7 @@ def test_icarl_loss_units_mean_divides_the_summed_bce_by_the_candidate_units():
         icarl.before_task(0)
         L.make_optimizer()
         t = s.tasks[0]
-        losses[units] = icarl.train_step(Batch(t.train_x[:8], t.train_y[:8], torch.zeros(8, dtype=torch.long), 0))[0]
+        losses[units] = L.step(Batch(t.train_x[:8], t.train_y[:8], torch.zeros(8, dtype=torch.long), 0))[0]
     torch.testing.assert_close(losses["mean"], losses["sum"] / 2)  # task 1 of class-IL: 2 candidate units
 
 
@@ -192,7 +192,7 @@ def test_icarl_temperature_softens_the_old_models_sigmoid_targets():
         icarl.before_task(1)
         t = s.tasks[1]
         x, y = t.train_x[:8], t.train_y[:8]
-        losses[T] = icarl.train_step(Batch(x, y, torch.ones(8, dtype=torch.long), 1))[0]
+        losses[T] = L.step(Batch(x, y, torch.ones(8, dtype=torch.long), 1))[0]
         with torch.no_grad():
             z = L.model(x)
         target = F.one_hot(y, 10).float()

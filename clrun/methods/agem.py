@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from clrun.methods.base import Batch
+from clrun.methods.base import Step
 from clrun.methods.replay import EpisodicMemory
 
 
@@ -32,24 +32,14 @@ def set_flat_grad(params: list[torch.nn.Parameter], flat: Tensor) -> None:
 class AGEM(EpisodicMemory):
     def memory_loss(self, task_id: int) -> Tensor:
         x, y, ids, _ = self.buffer.sample(self.replay_batch_size)
-        return self.learner.ce(self.forward(x, task_id), y, ids, task_id)
+        return self.ctx.ce(self.forward(x, task_id), y, ids, task_id)
 
-    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        L = self.learner
-        params = L.trainable_parameters()
-        g_ref = None
-        if len(self.buffer):
-            L.optimizer.zero_grad(set_to_none=True)
-            self.memory_loss(batch.task).backward()
-            g_ref = flat_grad(params)
-        L.optimizer.zero_grad(set_to_none=True)
-        loss, logits = L.objective(batch)
-        loss.backward()
-        L.after_backward()
-        if g_ref is not None:
-            set_flat_grad(params, agem_project(flat_grad(params), g_ref))
-        L.optimizer.step()
-        return loss.detach(), logits.detach()
+    def transform_gradient(self, step: Step) -> None:
+        if not len(self.buffer):
+            return
+        g_ref = self.ctx.gradient(self.memory_loss(step.batch.task))
+        params = self.ctx.trainable_parameters()
+        set_flat_grad(params, agem_project(flat_grad(params), g_ref))
 
     def after_task(self, task_id: int) -> None:
         self.buffer.add(*self.task_memory(task_id))

@@ -1,25 +1,39 @@
-"""The method interface. A method is one subclass of :class:`Method` in its own file plus one YAML.
+"""The method contract. A method is one subclass of :class:`Method` (in clrun or in your own package) plus
+one YAML whose ``_target_`` names it. docs/writing-a-method.md is the page to read before writing one.
 
-The learner calls these hooks on the primary method and on every regulariser attached to it:
+The learner owns the training step; a method only contributes to it. Per step, for the primary method P and
+every regulariser R (the list M = [P, *R], in that order):
 
-``setup()`` once, before the untrained model is evaluated (grow or wrap the model here);
-per task: ``before_task(t)`` -> ``train_step(batch)`` for each batch (primary only; calls
-``learner.objective`` which adds every method's ``penalty``) with ``after_backward()`` and ``after_step()``
-around the optimiser step -> ``after_task(t)``. Evaluation goes through the primary's ``predict``.
+1. ``P.replay(batch)``: samples trained alongside the new batch (one forward over both), or None;
+2. ``P.forward(x, task)``: logits of new + replayed inputs;
+3. loss = prod(m.loss_scale() for m in M) * (P.data_loss(step) + sum(m.penalty(batch, new logits) for m in M)),
+   then ``loss.backward()``;
+4. ``m.add_penalty_gradient(scale)`` for m in M: penalties whose gradient a method adds in closed form
+   (EWC, MAS, SI); each returns its value, which the logged loss includes;
+5. entries ``m.frozen()`` names get a zero gradient; ``m.transform_gradient(step)`` for m in M (A-GEM's and
+   GEM's projections, SI's clipping, SupSup's score scaling);
+6. the optimiser steps; frozen entries are put back exactly as they were;
+7. ``m.after_step(step)`` for m in M (fill a replay memory, accumulate SI's path integral).
+
+The loss logged in log.csv is the loss whose gradient was applied (before step 5's transforms).
+Lifecycle: ``setup()`` once before the untrained model is evaluated; ``before_task(t)`` / ``after_task(t)``
+around each task; ``training_set(t)`` is what the task trains on; evaluation calls ``P.predict``.
+A method reads and changes the run only through ``self.ctx`` (:class:`clrun.context.Context`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn as nn
 from torch import Tensor
 
-from clrun.streams import SCENARIOS
+from clrun.streams import SCENARIOS, ConfigError
 
 if TYPE_CHECKING:
-    from clrun.learner import Learner
+    from clrun.context import Context
 
 
 @dataclass
@@ -28,27 +42,53 @@ class Batch:
     y: Tensor  # output-unit targets
     task_ids: Tensor  # task of each sample (replay mixes tasks)
     task: int  # the task being trained
+    stored_logits: Tensor | None = None  # replayed samples: the logits kept with them (DER), if any
+
+
+@dataclass
+class Step:
+    """One optimiser step as the hooks see it: the new batch, what was replayed with it, and the logits of
+    both (one forward, new rows first)."""
+
+    batch: Batch
+    replayed: Batch | None
+    logits: Tensor
+    phase: str = "train"  # train | retrain (extra epochs a method asked for through ctx.train)
+    scale: float = 1.0  # the product of every method's loss_scale, set before backward
+    scratch: dict = field(default_factory=dict)  # a method's own per-step values, from one hook to the next
+
+    @property
+    def n_new(self) -> int:
+        return len(self.batch.y)
+
+    @property
+    def new_logits(self) -> Tensor:
+        return self.logits[: self.n_new]
+
+    @property
+    def replay_logits(self) -> Tensor:
+        return self.logits[self.n_new :]
 
 
 class Method:
     """Plain fine-tuning; every other method overrides the hooks it needs."""
 
     scenarios: tuple[str, ...] = SCENARIOS  # scenarios the method can serve
-    lam: float | None = None  # regularisation strength, where the method has one
-    buffer_size: int | None = None  # replay memory in samples, where the method has one
+    lam: float | None = None  # regularisation strength, where the method has one (metrics.csv's lam)
+    buffer_size: int | None = None  # replay memory in samples, where the method has one (metrics.csv's buffer)
     train_units: str | None = None  # class-IL units its cross-entropy spans (seen | all); None: the scenario's
-    learner: Learner
+    ctx: Context
 
     @property
     def name(self) -> str:
         return type(self).__name__.lower()
 
-    def bind(self, learner: Learner) -> None:
-        self.learner = learner
+    def bind(self, ctx: Context) -> None:
+        self.ctx = ctx
 
     # ---- lifecycle
     def setup(self) -> None:
-        pass
+        """Once, before the untrained model is evaluated: check the model, grow or replace it (ctx.model)."""
 
     def before_task(self, task_id: int) -> None:
         pass
@@ -56,54 +96,68 @@ class Method:
     def after_task(self, task_id: int) -> None:
         pass
 
-    # ---- training
+    # ---- what is trained on (primary method only)
     def training_set(self, task_id: int) -> tuple[Tensor, Tensor, Tensor]:
         """(inputs, unit targets, task ids) of what is trained on during task ``task_id``."""
-        L = self.learner
-        task = L.stream.tasks[task_id]
+        ctx = self.ctx
+        task = ctx.stream.tasks[task_id]
         ids = torch.full_like(task.train_y, task_id)
-        return task.train_x, L.scenario.targets(task.train_y, task_id), ids
+        return task.train_x, ctx.scenario.targets(task.train_y, task_id), ids
+
+    def replay(self, batch: Batch) -> Batch | None:
+        """Samples to train on alongside ``batch``, in their task's view (one forward over both), or None."""
+        return None
 
     def forward(self, x: Tensor, task_id: int) -> Tensor:
         """Raw logits over all output units (architectures that route by task override this)."""
-        return self.learner.model(x)
+        return self.ctx.model(x)
 
-    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """One optimiser step; returns (loss, logits) detached."""
-        L = self.learner
-        L.optimizer.zero_grad(set_to_none=True)
-        loss, logits = L.objective(batch)
-        loss = loss * self.loss_scale()
-        loss.backward()
-        L.after_backward()
-        L.optimizer.step()
-        return loss.detach(), logits.detach()
+    def data_loss(self, step: Step) -> Tensor:
+        """The primary's loss on the data: cross-entropy on the new rows (replay methods add theirs)."""
+        b = step.batch
+        return self.ctx.ce(step.new_logits, b.y, b.task_ids, b.task)
 
-    def loss_scale(self) -> float:
-        """Factor on the whole objective of a step (methods that weigh CE against their penalty per task)."""
-        return 1.0
-
+    # ---- what every method (primary or regulariser) may add
     def penalty(self, batch: Batch, logits: Tensor) -> Tensor | None:
-        """Extra loss added to the objective (regularisers)."""
+        """A loss term differentiated by autograd, from the new batch and its logits (LwF's distillation)."""
         return None
 
-    def after_backward(self) -> None:
-        pass
+    def loss_scale(self) -> float:
+        """Factor on the whole step loss, data and every penalty (LwF's by_task weighting)."""
+        return 1.0
 
-    def after_step(self) -> None:
-        pass
+    def add_penalty_gradient(self, scale: float) -> Tensor | None:
+        """For a penalty whose gradient the method computes itself: add ``scale`` x its gradient to the
+        parameters' ``.grad`` and return its value (unscaled, detached) for the log; None when there is none."""
+        return None
+
+    def penalty_value(self) -> Tensor | None:
+        """The closed-form penalty of :meth:`add_penalty_gradient` as a differentiable function of the
+        parameters (``check_step=true`` compares its autograd gradient with the one added)."""
+        return None
+
+    def frozen(self) -> dict[str, Tensor] | None:
+        """{parameter name: bool mask} of entries this step must leave exactly as they are (zero gradient, and
+        restored after the optimiser's step, whatever its momentum or weight decay)."""
+        return None
+
+    def transform_gradient(self, step: Step) -> None:
+        """Change the complete gradient in place before the optimiser uses it (projections, clipping)."""
+
+    def after_step(self, step: Step) -> None:
+        """After the optimiser's step (store samples, accumulate path integrals)."""
 
     # ---- evaluation
     def predict(self, x: Tensor, task_id: int, upto: int) -> Tensor:
         """Scores over all output units, non-candidates masked; argmax is the prediction."""
         ids = torch.full((len(x),), task_id, dtype=torch.long, device=x.device)
-        return self.learner.scenario.masked(self.forward(x, task_id), ids, upto)
+        return self.ctx.scenario.masked(self.forward(x, task_id), ids, upto)
 
     # ---- checkpoints
     def state_dict(self) -> dict:
         """Everything the method has learnt (importances, snapshots, buffers, masks): its attributes but the
-        learner. Tensors are moved to the CPU by torch.save's caller-independent pickling."""
-        return {k: v for k, v in self.__dict__.items() if k != "learner"}
+        context. Tensors are moved to the CPU by torch.save's caller-independent pickling."""
+        return {k: v for k, v in self.__dict__.items() if k != "ctx"}
 
     def load_state_dict(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -117,6 +171,12 @@ class Method:
 def require(condition: bool, message: str) -> None:
     """Raise the configuration error a user sees before training when a method's settings cannot work."""
     if not condition:
-        from clrun.streams import ConfigError
-
         raise ConfigError(message)
+
+
+def require_backbone(method: Method, model: nn.Module, what: str) -> None:
+    """Refuse a model without a ``features`` trunk and a ``head`` for a method that needs both."""
+    from clrun.models import Backbone
+
+    require(isinstance(model, Backbone), f"method={method.name} needs a model with a features trunk and a head "
+            f"({what}); {type(model).__name__} has none: use model=mlp, cnn or resnet18")

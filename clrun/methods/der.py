@@ -24,9 +24,9 @@ class DER(ER):
     def logits_to_store(self, logits: Tensor) -> Tensor:
         return logits.detach()
 
-    def replay_loss(self, mem_logits: Tensor, mem: tuple, batch: Batch) -> Tensor:
-        loss = self.alpha * F.mse_loss(mem_logits, mem[3])
-        if self.beta > 0:
+    def replay_loss(self, mem_logits: Tensor, mem: Batch) -> Tensor:
+        loss = self.alpha * F.mse_loss(mem_logits, mem.stored_logits)
+        if self.beta > 0:  # DER++: labels of a second memory batch, its own forward
             x2, y2, ids2, _ = self.buffer.sample(self.replay_batch_size)
-            loss = loss + self.beta * self.learner.ce(self.forward(x2, batch.task), y2, ids2, batch.task)
+            loss = loss + self.beta * self.ctx.ce(self.forward(x2, mem.task), y2, ids2, mem.task)
         return loss

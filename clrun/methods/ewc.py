@@ -10,12 +10,14 @@ The eigenbasis concentrates the curvature: along v_1 the penalty's curvature is 
 diagonal entry, and an explicit gradient step overshoots once lr * lam * l_1 > 2. ``lowrank_step=implicit``
 (default) therefore applies the low-rank part as its proximal step after each optimiser step: the component
 c_i = v_i . d shrinks to c_i / (1 + lr * lam * l_i), the backward-Euler step of the same quadratic (equal to
-the gradient step to first order in lr, stable for every lam). ``explicit`` adds lam V (l * V^T d) to the
-gradients instead."""
+the gradient step to first order in lr, stable for every lam); that is the proximal step of plain SGD, so
+``implicit`` needs optimizer=sgd without momentum or weight decay. ``explicit`` adds lam V (l * V^T d) to the
+gradients instead, with any optimiser."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -59,13 +61,21 @@ class EWC(QuadraticPenalty):
             return "online_ewc"
         return "ewc_lowrank" if self.fisher_form == "lowrank" else "ewc"
 
+    def setup(self) -> None:
+        if self.fisher_form == "lowrank" and self.lowrank_step == "implicit":
+            # the proximal step shrinks by 1 / (1 + lr lam l): the step plain SGD takes, and no other optimiser
+            require(self.ctx.plain_sgd_lr() is not None,
+                    f"method.lowrank_step=implicit is the proximal step of plain SGD; optimizer="
+                    f"{self.ctx.optimizer_name()} with these settings takes another step: use "
+                    "method.lowrank_step=explicit, or optimizer=sgd without momentum and weight decay")
+
     def after_task(self, task_id: int) -> None:
-        L = self.learner
+        L = self.ctx
         if task_id == len(L.stream) - 1:
             return  # no later task would be anchored by it
         x, y, ids = L.task_sample(task_id, self.fisher_samples)
         g = torch.Generator().manual_seed(L.seed * 104729 + task_id)  # labels sampled for the true Fisher
-        mask = L.scenario.candidates(ids, task_id)
+        mask = L.train_candidates(ids, task_id)  # the units the training loss spans (train_units=all: every one)
         if self.fisher_form == "diagonal":
             self.consolidate(fisher_diag(L.model, x, y, mask, self.fisher, self.chunk, generator=g,
                                          backend=self.backend))
@@ -77,14 +87,15 @@ class EWC(QuadraticPenalty):
         residual = (grads.fisher_diag_flat() - vecs.pow(2) @ evals).clamp_min(0)
         self.consolidate(grads.split(residual))  # the remainder's diagonal: the fused quadratic path
         self.eigen.append((evals, vecs, self._theta().clone()))
-        stiffness = self.lam * float(evals[0]) * float(L.optimizer.param_groups[0]["lr"])
-        # an explicit gradient step overshoots along v_1 when lr * lam * l_1 > 2
+        lr = L.plain_sgd_lr()
+        stiffness = self.lam * float(evals[0]) * (lr if lr is not None else math.nan)
+        # an explicit plain-SGD step overshoots along v_1 when lr * lam * l_1 > 2
         if stiffness > 2 and self.lowrank_step == "explicit":
             log.warning("ewc lowrank: lr * lam * top eigenvalue = %.3g > 2 after task %d: the penalty's step is "
                         "unstable along the top eigenvector; lower lam or lr", stiffness, task_id + 1)
 
     def _theta(self) -> Tensor:
-        return parameters_to_vector(self.learner.trainable_parameters()).detach()
+        return parameters_to_vector(self.ctx.trainable_parameters()).detach()
 
     def _lowrank_direction(self, theta: Tensor, scale: Callable[[Tensor], Tensor]) -> Tensor:
         """sum over tasks of V (scale(l) * V^T (theta - theta*)): the gradient direction (scale = identity) or
@@ -103,30 +114,41 @@ class EWC(QuadraticPenalty):
     def value(self) -> Tensor:
         total = super().value()
         if self.eigen:
-            theta = self._theta()
+            theta = parameters_to_vector(self.ctx.trainable_parameters())
             for evals, vecs, anchor in self.eigen:
                 total = total + 0.5 * self.lam * (evals * (vecs.T @ (theta - anchor)).pow(2)).sum()
         return total
 
-    def after_backward(self) -> None:
-        super().after_backward()
+    def penalty_value(self) -> Tensor | None:
+        if self.lowrank_step == "implicit" or not self.eigen:  # implicit: the low-rank part is no gradient term
+            return super().penalty_value()
+        return self.value() if self.lam != 0 else None
+
+    def _lowrank_value(self, theta: Tensor) -> Tensor:
+        return sum(0.5 * self.lam * (evals * (vecs.T @ (theta - anchor)).pow(2)).sum()
+                   for evals, vecs, anchor in self.eigen)
+
+    def add_penalty_gradient(self, scale: float) -> Tensor | None:
+        value = super().add_penalty_gradient(scale)
         if not self.eigen or self.lam == 0 or self.lowrank_step != "explicit":
-            return
-        params = self.learner.trainable_parameters()
+            return value
+        params = self.ctx.trainable_parameters()
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+        theta = self._theta()
         # d/dtheta (lam/2) sum_i l_i (v_i . d)^2 = lam V (l * V^T d)
-        self._add_to([p.grad for p in params], self._lowrank_direction(self._theta(), lambda ev: ev), self.lam)
+        self._add_to([p.grad for p in params], self._lowrank_direction(theta, lambda ev: ev), self.lam * scale)
+        return self._lowrank_value(theta) + (value if value is not None else 0.0)
 
-    def after_step(self) -> None:
+    def after_step(self, step) -> None:
         if not self.eigen or self.lam == 0 or self.lowrank_step != "implicit":
             return
-        c = float(self.learner.optimizer.param_groups[0]["lr"]) * self.lam
+        c = self.ctx.plain_sgd_lr() * self.lam * step.scale
         # one proximal step per task's eigenbasis: each component shrinks by 1 / (1 + lr lam l_i)
-        step = self._lowrank_direction(self._theta(), lambda ev: c * ev / (1 + c * ev))
+        shrink = self._lowrank_direction(self._theta(), lambda ev: c * ev / (1 + c * ev))
         with torch.no_grad():
-            self._add_to(self.learner.trainable_parameters(), step, -1.0)
+            self._add_to(self.ctx.trainable_parameters(), shrink, -1.0)
 
     def extra_metrics(self) -> dict:
         row = super().extra_metrics()

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from clrun.methods.agem import flat_grad, set_flat_grad
-from clrun.methods.base import Batch, require
+from clrun.methods.base import Step, require
 from clrun.methods.replay import EpisodicMemory
 
 
@@ -44,25 +44,16 @@ class GEM(EpisodicMemory):
     def setup(self) -> None:
         pass  # one memory per finished task (self.memories) replaces the shared buffer
 
-    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        L = self.learner
-        params = L.trainable_parameters()
-        mem_grads = []
-        for x, y, ids in self.memories:
-            L.optimizer.zero_grad(set_to_none=True)
-            L.ce(self.forward(x, int(ids[0])), y, ids, batch.task).backward()
-            mem_grads.append(flat_grad(params))
-        L.optimizer.zero_grad(set_to_none=True)
-        loss, logits = L.objective(batch)
-        loss.backward()
-        L.after_backward()
-        if mem_grads:
-            G = torch.stack(mem_grads)
-            g = flat_grad(params)
-            if bool((G @ g < 0).any()):  # project only on a violated constraint, as GEM does
-                set_flat_grad(params, gem_project(g, G, self.margin, ridge=self.ridge))
-        L.optimizer.step()
-        return loss.detach(), logits.detach()
+    def transform_gradient(self, step: Step) -> None:
+        if not self.memories:
+            return
+        ctx, task = self.ctx, step.batch.task
+        G = torch.stack([ctx.gradient(ctx.ce(self.forward(x, int(ids[0])), y, ids, task))
+                         for x, y, ids in self.memories])
+        params = ctx.trainable_parameters()
+        g = flat_grad(params)
+        if bool((G @ g < 0).any()):  # project only on a violated constraint, as GEM does
+            set_flat_grad(params, gem_project(g, G, self.margin, ridge=self.ridge))
 
     def after_task(self, task_id: int) -> None:
         self.memories.append(self.task_memory(task_id))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clrun.methods.base import Batch, require
+from clrun.methods.base import Batch, Step, require, require_backbone
 from clrun.methods.replay import ReplayMethod
 
 REPLAY_MODES = ("batch", "merged")
@@ -67,7 +67,7 @@ class ICaRL(ReplayMethod):
         super().__init__(buffer_size, "reservoir", replay_batch_size)
         self.temperature = float(temperature)
         self.herding_batch = herding_batch
-        self.replay = replay
+        self.replay_mode = replay
         self.loss_units = loss_units
         self.class_mean_kind = class_means
         self.old_model: torch.nn.Module | None = None
@@ -76,11 +76,12 @@ class ICaRL(ReplayMethod):
         self.class_means: Tensor | None = None  # [n_outputs, D], NaN rows for classes without exemplars
 
     def setup(self) -> None:
-        pass  # exemplar sets replace the generic buffer
+        # exemplar sets replace the generic buffer; herding and the class means need the trunk's features
+        require_backbone(self, self.ctx.model, "herding and nearest-mean-of-exemplars use its features")
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
-        model = self.learner.model
+        model = self.ctx.model
         was = model.training
         model.eval()
         out = torch.cat([model.features(x[s : s + self.herding_batch]) for s in range(0, len(x), self.herding_batch)])
@@ -94,11 +95,11 @@ class ICaRL(ReplayMethod):
         xs = torch.cat([self.exemplars[u][0] for u in units])
         ys = torch.cat([torch.full((len(self.exemplars[u][0]),), u, dtype=torch.long) for u in units])
         ids = torch.cat([self.exemplars[u][1] for u in units])
-        return (self.learner.view(xs, ids) if viewed else xs), ys.to(xs.device), ids
+        return (self.ctx.view(xs, ids) if viewed else xs), ys.to(xs.device), ids
 
     def training_set(self, task_id: int) -> tuple[Tensor, Tensor, Tensor]:
         x, y, ids = super().training_set(task_id)
-        memory = self._memory(viewed=False) if self.replay == "merged" else None
+        memory = self._memory(viewed=False) if self.replay_mode == "merged" else None
         if memory is None:
             return x, y, ids
         if self.merged_inputs == "uint8_truncated":  # mammoth 2020: .type(torch.uint8) of [0, 1] floats, read / 255
@@ -108,36 +109,41 @@ class ICaRL(ReplayMethod):
             memory = (mx.to(torch.uint8).to(mx.dtype) / 255, *memory[1:])
         return tuple(torch.cat([a, b.to(a.device)]) for a, b in zip((x, y, ids), memory))  # type: ignore[return-value]
 
-    def train_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        L = self.learner
-        L.optimizer.zero_grad(set_to_none=True)
-        x, y, ids = batch.x, batch.y, batch.task_ids
-        if self._mem is not None:
-            mx, my, mids = self._mem
-            pick = torch.randperm(len(my), generator=L.generator)[: self.replay_batch_size].to(mx.device)
-            x, y, ids = torch.cat([x, mx[pick]]), torch.cat([y, my[pick]]), torch.cat([ids, mids[pick]])
-        logits = self.forward(x, batch.task)
-        target = F.one_hot(y, L.scenario.n_outputs).float()
+    def replay(self, batch: Batch) -> Batch | None:
+        if self._mem is None:
+            return None
+        mx, my, mids = self._mem
+        pick = torch.randperm(len(my), generator=self.ctx.generator)[: self.replay_batch_size].to(mx.device)
+        return Batch(mx[pick], my[pick], mids[pick], batch.task)
+
+    def data_loss(self, step: Step) -> Tensor:
+        """Binary cross-entropy over new + replayed rows; the old units' targets are the previous model's."""
+        sc, task = self.ctx.scenario, step.batch.task
+        x, y, ids = step.batch.x, step.batch.y, step.batch.task_ids
+        if step.replayed is not None:
+            r = step.replayed
+            x, y, ids = torch.cat([x, r.x]), torch.cat([y, r.y]), torch.cat([ids, r.task_ids])
+        target = F.one_hot(y, sc.n_outputs).float()
+        mask = sc.candidates(ids, task)
         if self.old_model is not None:  # distillation: old units learn the old model's sigmoid outputs
             with torch.no_grad():  # softened by the temperature (van de Ven's code: sigmoid(scores / T), T = 2)
                 old = torch.sigmoid(self.old_model(x) / self.temperature)
-            old_units = L.scenario.seen_units[batch.task - 1]
+            old_units = sc.seen_units[task - 1]
             target[:, old_units] = old[:, old_units]
-        mask = L.scenario.candidates(ids, batch.task).float()
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            # every sample distils every old unit: in task-IL a sample's candidates are its own task's units,
+            # which would multiply the old heads' distillation by zero
+            mask = mask | old_units
+        mask = mask.float()
+        bce = F.binary_cross_entropy_with_logits(step.logits, target, reduction="none")
         # per sample, the BCE summed over its candidate units, or averaged over them (iCaRL's and mammoth's code)
         per_sample = len(y) if self.loss_units == "sum" else mask.sum()
-        loss = (bce * mask).sum() / per_sample + L.penalty(batch, logits[: len(batch.y)])
-        loss.backward()
-        L.after_backward()
-        L.optimizer.step()
-        return loss.detach(), logits[: len(batch.y)].detach()
+        return (bce * mask).sum() / per_sample
 
     def before_task(self, task_id: int) -> None:
-        self._mem = self._memory() if self.replay == "batch" else None  # merged: training_set holds them
+        self._mem = self._memory() if self.replay_mode == "batch" else None  # merged: training_set holds them
 
     def after_task(self, task_id: int) -> None:
-        L = self.learner
+        L = self.ctx
         self.old_model = copy.deepcopy(L.model).eval()
         for p in self.old_model.parameters():
             p.requires_grad_(False)
@@ -173,7 +179,7 @@ class ICaRL(ReplayMethod):
         f = self.embed(x)
         scores = -torch.cdist(f, torch.nan_to_num(self.class_means, nan=1e3))  # classes without a mean lose
         ids = torch.full((len(x),), task_id, dtype=torch.long, device=x.device)
-        return self.learner.scenario.masked(scores, ids, upto)
+        return self.ctx.scenario.masked(scores, ids, upto)
 
     def extra_metrics(self) -> dict:
         return {"buffer_bytes": sum(t.nbytes for ex in self.exemplars.values() for t in ex)}

@@ -18,7 +18,7 @@ class Joint(Method):
         self.schedule = schedule
 
     def training_set(self, task_id: int) -> tuple[Tensor, Tensor, Tensor]:
-        if self.schedule == "final" and task_id < len(self.learner.stream) - 1:
+        if self.schedule == "final" and task_id < len(self.ctx.stream) - 1:
             return tuple(t[:0] for t in Method.training_set(self, task_id))  # type: ignore[return-value]
         parts = [Method.training_set(self, k) for k in range(task_id + 1)]
         return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]

@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clrun.methods.base import Batch, Method, require
-from clrun.models import Backbone
+from clrun.methods.base import Batch, Method, require, require_backbone
 
 
 class LwF(Method):
@@ -59,54 +58,43 @@ class LwF(Method):
         self.old_tasks = 0
 
     def setup(self) -> None:
-        L = self.learner
-        require(self.train_units != "all" or L.scenario.name == "class_il",
-                f"method.train_units=all is for class_il (the whole head); scenario={L.scenario.name}")
-        require(self.train_units is None or L.method is self,
+        ctx = self.ctx
+        require(self.train_units != "all" or ctx.scenario.name == "class_il",
+                f"method.train_units=all is for class_il (the whole head); scenario={ctx.scenario.name}")
+        require(self.train_units is None or ctx.train_units == self.train_units,
                 "method.train_units applies to the primary method's cross-entropy; LwF is a regulariser here")
-        require(self.warmup_epochs == 0 or isinstance(L.model, Backbone),
-                f"method.warmup_epochs needs a model with a features trunk and a head; {type(L.model).__name__} "
-                "has none")
+        if self.warmup_epochs:
+            require_backbone(self, ctx.model, "method.warmup_epochs trains the head on the trunk's features")
 
     def before_task(self, task_id: int) -> None:
         if task_id > 0 and self.warmup_epochs:
             self.warm_up_head(task_id)
 
     def warm_up_head(self, task_id: int) -> None:
-        """Train the new task's head units on its data with the trunk frozen (the other units' rows get no
-        gradient, and plain SGD leaves them as they are)."""
-        L = self.learner
-        model, task = L.model, L.stream.tasks[task_id]
-        units = L.scenario.task_units[task_id]
-        head = model.head
-        opt = torch.optim.SGD(head.parameters(), lr=self.warmup_lr)
-        g = torch.Generator().manual_seed(L.seed * 15485863 + task_id)  # its own: the batch order stays put
-        n = len(task.train_y)
-        was_training = model.training
-        model.eval()  # mammoth's begin_task: the trunk as at evaluation
-        for _ in range(self.warmup_epochs):
-            order = torch.randperm(n, generator=g).to(task.train_x.device)
-            for s in range(0, n, L.batch_size):
-                idx = order[s : s + L.batch_size]
-                with torch.no_grad():
-                    feats = model.features(task.inputs(task.train_x[idx]))
-                # the task's local labels index its own units, in order
-                loss = F.cross_entropy(head(feats)[:, units], task.train_y[idx].to(feats.device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        head.zero_grad(set_to_none=True)
-        model.train(was_training)
+        """Train the new task's head units on its data with the trunk frozen and as at evaluation (mammoth's
+        begin_task); the other units' rows get no gradient, and plain SGD leaves them as they are."""
+        ctx = self.ctx
+        model = ctx.model
+        units = ctx.scenario.task_units[task_id]
+
+        def head_loss(x: Tensor, local_y: Tensor) -> Tensor:
+            with torch.no_grad():
+                feats = model.features(x)
+            # the task's local labels index its own units, in order
+            return F.cross_entropy(model.head(feats)[:, units], local_y.to(feats.device))
+
+        g = torch.Generator().manual_seed(ctx.seed * 15485863 + task_id)  # its own: the batch order stays put
+        ctx.fit(task_id, self.warmup_epochs, head_loss, list(model.head.parameters()), self.warmup_lr, g)
 
     def after_task(self, task_id: int) -> None:
-        self.old_model = copy.deepcopy(self.learner.model).eval()
+        self.old_model = copy.deepcopy(self.ctx.model).eval()
         for p in self.old_model.parameters():
             p.requires_grad_(False)
         self.old_tasks = task_id + 1
 
     def unit_groups(self) -> list[Tensor]:
         """Groups of output units whose old distributions are kept: one per old head, or the old shared head."""
-        sc = self.learner.scenario
+        sc = self.ctx.scenario
         if sc.uses_task_id:
             return [sc.task_units[k] for k in range(self.old_tasks)]
         return [sc.seen_units[self.old_tasks - 1]]
@@ -119,7 +107,7 @@ class LwF(Method):
         T = self.temperature
         total = logits.new_zeros(())
         groups = self.unit_groups()
-        sc = self.learner.scenario
+        sc = self.ctx.scenario
         for units in groups:
             p_old = F.log_softmax(old_logits[:, units] / T, dim=1)
             if self.kd_units == "seen" and not sc.uses_task_id:
@@ -138,8 +126,8 @@ class LwF(Method):
         return self.alpha * T * T * total
 
     def loss_scale(self) -> float:
-        # by_task: the penalty carries (t - 1) x KD, so 1/t of the whole is (1/t) CE + (1 - 1/t) KD
-        # (a stacked regulariser is scaled too)
+        # by_task: the penalty carries (t - 1) x KD, so 1/t of the whole step loss is (1/t) CE + (1 - 1/t) KD,
+        # primary or regulariser; the learner applies it to every other penalty too
         return 1.0 / (self.old_tasks + 1) if self.weighting == "by_task" else 1.0
 
     def extra_metrics(self) -> dict:

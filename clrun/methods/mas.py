@@ -18,9 +18,9 @@ class MAS(QuadraticPenalty):
         self.samples, self.chunk, self.backend, self.abs_batch = samples, chunk, backend, abs_batch
 
     def after_task(self, task_id: int) -> None:
-        L = self.learner
+        L = self.ctx
         if task_id == len(L.stream) - 1:
             return  # no later task would be anchored by it
         x, _labels_unused, ids = L.task_sample(task_id, self.samples)
-        mask = L.scenario.candidates(ids, task_id)
+        mask = L.train_candidates(ids, task_id)  # the units the training loss spans (train_units=all: every one)
         self.consolidate(mas_importance(L.model, x, mask, self.chunk, self.backend, self.abs_batch))

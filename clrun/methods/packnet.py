@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from clrun.methods.base import Batch, Method, require
+from clrun.methods.base import Method, require, require_backbone
 
 
 class PackNet(Method):
@@ -26,7 +26,8 @@ class PackNet(Method):
         self.pruned = False
 
     def setup(self) -> None:
-        params = dict(self.learner.model.named_parameters())
+        require_backbone(self, self.ctx.model, "it packs the trunk's weights and freezes the head per task")
+        params = dict(self.ctx.model.named_parameters())
         self.owner = {n: torch.full_like(p, -1, dtype=torch.int8) for n, p in params.items()
                       if n.startswith("features.") and p.dim() > 1}
 
@@ -41,43 +42,33 @@ class PackNet(Method):
         return masks
 
     def forward(self, x: Tensor, task_id: int) -> Tensor:
-        model = self.learner.model
+        model = self.ctx.model
         params = dict(model.named_parameters())
         masked = {n: params[n] * m for n, m in self.usable(task_id).items()}
         return functional_call(model, masked, (x,))
 
-    def _frozen(self, task_id: int) -> dict[str, Tensor]:
-        """Packed weights this task must leave alone: owned by earlier tasks, or (after pruning) not its own."""
+    def frozen(self) -> dict[str, Tensor]:
+        """Packed weights the task being trained must leave alone (owned by earlier tasks, or after pruning not
+        its own), and the head's rows and biases of every other task: an optimiser carried across tasks
+        (reset_optimizer=false) would otherwise keep moving them with its old moments."""
+        task = self.training_task
         if self.pruned:
-            return {n: own != task_id for n, own in self.owner.items()}
-        return {n: (own >= 0) & (own < task_id) for n, own in self.owner.items()}
+            masks = {n: own != task for n, own in self.owner.items()}
+        else:
+            masks = {n: (own >= 0) & (own < task) for n, own in self.owner.items()}
+        others = ~self.ctx.scenario.task_units[task]
+        masks["head.weight"] = others.unsqueeze(1).expand_as(self.ctx.model.head.weight)
+        masks["head.bias"] = others
+        return masks
 
     def before_task(self, task_id: int) -> None:
         self.training_task, self.pruned = task_id, False
-        for n, p in self.learner.model.named_parameters():
+        for n, p in self.ctx.model.named_parameters():
             if n.startswith("features.") and p.dim() == 1:
                 p.requires_grad_(task_id == 0)  # trunk biases: the first task's
-        self._snapshot()
-
-    def _snapshot(self) -> None:
-        params = dict(self.learner.model.named_parameters())
-        self._keep = {n: params[n].detach().clone() for n in self.owner}
-
-    def after_backward(self) -> None:
-        params = dict(self.learner.model.named_parameters())
-        for n, frozen in self._frozen(self.training_task).items():
-            if params[n].grad is not None:
-                params[n].grad.masked_fill_(frozen, 0.0)
-
-    def after_step(self) -> None:
-        # momentum or weight decay could still move a frozen weight: put it back exactly
-        params = dict(self.learner.model.named_parameters())
-        with torch.no_grad():
-            for n, frozen in self._frozen(self.training_task).items():
-                params[n].copy_(torch.where(frozen, self._keep[n], params[n]))
 
     def after_task(self, task_id: int) -> None:
-        params = dict(self.learner.model.named_parameters())
+        params = dict(self.ctx.model.named_parameters())
         with torch.no_grad():
             for n, own in self.owner.items():
                 free = own == -1
@@ -93,22 +84,9 @@ class PackNet(Method):
                 own[free & ~release] = task_id
                 w[release] = 0.0
         self.pruned = True
-        self._snapshot()
-        self._retrain(task_id)
+        if self.post_prune_epochs:  # the kept weights alone, so the task recovers from pruning
+            self.ctx.train(task_id, self.post_prune_epochs)
         self.training_task = None
-
-    def _retrain(self, task_id: int) -> None:
-        """A few epochs on the kept weights alone, so the task recovers from pruning."""
-        L = self.learner
-        x_all, y_all, ids_all = self.training_set(task_id)
-        task = L.stream.tasks[task_id]
-        L.make_optimizer()
-        for _ in range(self.post_prune_epochs):
-            order = torch.randperm(len(y_all), generator=L.generator).to(L.device)
-            for s in range(0, len(order), L.batch_size):
-                idx = order[s : s + L.batch_size]
-                self.train_step(Batch(task.inputs(x_all[idx]), y_all[idx], ids_all[idx], task_id))
-                self.after_step()
 
     def free_fraction(self) -> float:
         total = sum(o.numel() for o in self.owner.values())
@@ -116,7 +94,7 @@ class PackNet(Method):
 
     def extra_metrics(self) -> dict:
         n = sum(o.numel() for o in self.owner.values())
-        tasks = len(self.learner.stream)
+        tasks = len(self.ctx.stream)
         # a task's mask is recoverable from the owner map: ceil(log2(T + 1)) bits per packed weight in all
         bits = n * math.ceil(math.log2(tasks + 1))
         return {"free_fraction": self.free_fraction(), "mask_bits_per_task": bits / tasks}

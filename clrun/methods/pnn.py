@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clrun.methods.base import Method, require
-from clrun.models import LINEAR_INITS, init_linear_
+from clrun.models import LINEAR_INITS, MLP, init_linear_
 
 LATERALS = ("mean", "per_column")
 
@@ -119,24 +119,27 @@ class PNN(Method):
         self.laterals = laterals
 
     def setup(self) -> None:
-        L = self.learner
+        L = self.ctx
+        # its columns are MLPs of method.hidden: any other configured model would be silently replaced
+        require(isinstance(L.model, MLP), f"method=pnn builds its own MLP columns (method.hidden); it cannot use "
+                f"model={type(L.model).__name__}: use model=mlp")
         in_features = math.prod(L.stream.tasks[0].train_x.shape[1:])
         L.model = ProgressiveNet(in_features, self.hidden, L.scenario.n_outputs, self.init, self.laterals)
         L.model.add_column()  # the untrained model that row init measures
         L.model.to(L.device)
 
     def before_task(self, task_id: int) -> None:
-        net: ProgressiveNet = self.learner.model
+        net: ProgressiveNet = self.ctx.model
         while len(net.columns) <= task_id:
             net.add_column()
-        net.to(self.learner.device)
+        net.to(self.ctx.device)
         for k, (column, lateral) in enumerate(zip(net.columns, net.laterals)):
             for p in [*column.parameters(), *lateral.parameters()]:
                 p.requires_grad_(k == task_id)  # only the new column and its adapters learn
 
     def forward(self, x: Tensor, task_id: int) -> Tensor:
-        net: ProgressiveNet = self.learner.model
+        net: ProgressiveNet = self.ctx.model
         return net(x, min(task_id, len(net.columns) - 1))
 
     def extra_metrics(self) -> dict:
-        return {"columns": len(self.learner.model.columns)}
+        return {"columns": len(self.ctx.model.columns)}

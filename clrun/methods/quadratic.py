@@ -3,7 +3,8 @@
 Not a method by itself: the three differ only in how the importance W is estimated and kept. The per-task
 pairs (W_k, theta*_k) are kept for inspection; training uses their sums A = sum_k W_k and B = sum_k W_k theta*_k,
 because the penalty's gradient 2 * scale * lam * (A theta - B) is then one fused pass over the parameters per
-step whatever the number of tasks, added straight to the gradients after backward (no autograd graph)."""
+step whatever the number of tasks, added straight to the gradients after backward (no autograd graph), and
+its value scale * lam * (sum theta (A theta - 2 B) + C), C = sum_k W_k theta*_k^2, two more."""
 
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ class QuadraticPenalty(Method):
         self._names: list[str] = []
         self._A: list[Tensor] = []
         self._B: list[Tensor] = []
+        self._C: Tensor | None = None
 
     def consolidate(self, new_importance: dict[str, Tensor]) -> None:
         """Add one task's importance, anchored at the current parameters."""
-        params = dict(self.learner.model.named_parameters())
+        params = dict(self.ctx.model.named_parameters())
         for name, w in new_importance.items():
             theta = params[name].detach().clone().unsqueeze(0)
             w = w.detach().unsqueeze(0)
@@ -41,38 +43,49 @@ class QuadraticPenalty(Method):
             else:  # one (importance, anchor) pair per task
                 self.importance[name] = torch.cat([self.importance[name], w])
                 self.anchor[name] = torch.cat([self.anchor[name], theta])
+        self._sums()
+
+    def _sums(self) -> None:
         self._names = list(self.importance)
         self._A = [self.importance[n].sum(0) for n in self._names]
         self._B = [(self.importance[n] * self.anchor[n]).sum(0) for n in self._names]
+        self._C = sum((self.importance[n] * self.anchor[n].pow(2)).sum() for n in self._names) if self._names else None
 
-    def state_dict(self) -> dict:  # the sums A, B are derived: rebuilt on load, not stored
-        return {k: v for k, v in super().state_dict().items() if k not in ("_names", "_A", "_B")}
+    def state_dict(self) -> dict:  # the sums A, B, C are derived: rebuilt on load, not stored
+        return {k: v for k, v in super().state_dict().items() if k not in ("_names", "_A", "_B", "_C")}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self._names = list(self.importance)
-        self._A = [self.importance[n].sum(0) for n in self._names]
-        self._B = [(self.importance[n] * self.anchor[n]).sum(0) for n in self._names]
+        self._sums()
 
     def value(self) -> Tensor:
-        """The penalty itself (for tests and reporting; training only needs its gradient)."""
-        params = dict(self.learner.model.named_parameters())
-        total = torch.zeros((), device=self.learner.device)
+        """The penalty itself, differentiable in the parameters (for checks and reporting; training adds its
+        gradient in closed form)."""
+        params = dict(self.ctx.model.named_parameters())
+        total = torch.zeros((), device=self.ctx.device)
         for n in self._names:
-            total = total + (self.importance[n] * (params[n].detach().unsqueeze(0) - self.anchor[n]).pow(2)).sum()
+            total = total + (self.importance[n] * (params[n].unsqueeze(0) - self.anchor[n]).pow(2)).sum()
         return self.scale * self.lam * total
 
-    def after_backward(self) -> None:
+    def penalty_value(self) -> Tensor | None:
+        return self.value() if self._names and self.lam != 0 else None
+
+    def add_penalty_gradient(self, scale: float) -> Tensor | None:
         if not self._names or self.lam == 0:
-            return
-        params = dict(self.learner.model.named_parameters())
+            return None
+        params = dict(self.ctx.model.named_parameters())
         ps = [params[n] for n in self._names]
         for p in ps:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        step = torch._foreach_mul([p.detach() for p in ps], self._A)  # A * theta
+        thetas = [p.detach() for p in ps]
+        step = torch._foreach_mul(thetas, self._A)  # A * theta
         torch._foreach_sub_(step, self._B)  # - B
-        torch._foreach_add_([p.grad for p in ps], step, alpha=2.0 * self.scale * self.lam)
+        torch._foreach_add_([p.grad for p in ps], step, alpha=2.0 * self.scale * self.lam * scale)
+        # sum W (theta - theta*)^2 = sum theta (A theta - B) - sum B theta + C
+        torch._foreach_sub_(step, self._B)
+        value = torch.stack([torch.dot(t.reshape(-1), d.reshape(-1)) for t, d in zip(thetas, step)]).sum() + self._C
+        return self.scale * self.lam * value
 
     def extra_metrics(self) -> dict:
         return {"importance_bytes": sum(t.nbytes for d in (self.importance, self.anchor) for t in d.values())}

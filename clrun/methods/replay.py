@@ -21,7 +21,7 @@ class ReplayMethod(Method):
         self._replay_batch_size = replay_batch_size
 
     def setup(self) -> None:
-        L = self.learner
+        L = self.ctx
         if self.buffer_policy == "class_balanced":
             n_classes = L.scenario.n_outputs
             require(self.buffer_size >= n_classes, f"buffer={self.buffer_size} is smaller than the {n_classes} "
@@ -30,7 +30,7 @@ class ReplayMethod(Method):
 
     @property
     def replay_batch_size(self) -> int:
-        return self._replay_batch_size or self.learner.batch_size  # |B_mem| = |B_new| by default
+        return self._replay_batch_size or self.ctx.batch_size  # |B_mem| = |B_new| by default
 
     def extra_metrics(self) -> dict:
         return {"buffer_bytes": self.buffer.nbytes if hasattr(self, "buffer") else 0}
@@ -53,5 +53,5 @@ class EpisodicMemory(ReplayMethod):
 
     def task_memory(self, task_id: int) -> tuple[Tensor, Tensor, Tensor]:
         """The finished task's memory: (inputs in its view, unit targets, task ids)."""
-        per_task = max(1, self.buffer_size // len(self.learner.stream))
-        return self.learner.task_sample(task_id, per_task, per_class=self.memory == "per_class")
+        per_task = max(1, self.buffer_size // len(self.ctx.stream))
+        return self.ctx.task_sample(task_id, per_task, per_class=self.memory == "per_class")

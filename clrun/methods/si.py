@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from clrun.methods.base import require
+from clrun.methods.base import Step, require
 from clrun.methods.quadratic import QuadraticPenalty
 
 
@@ -33,33 +33,36 @@ class SI(QuadraticPenalty):
         self._before: list[Tensor] = []
 
     def _params(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(n, p) for n, p in self.learner.model.named_parameters() if p.requires_grad]
+        return [(n, p) for n, p in self.ctx.model.named_parameters() if p.requires_grad]
 
     def before_task(self, task_id: int) -> None:
         self.start = {n: p.detach().clone() for n, p in self._params()}
         self.path = {n: torch.zeros_like(p) for n, p in self._params()}
 
-    def after_backward(self) -> None:
+    def add_penalty_gradient(self, scale: float) -> Tensor | None:
         # g and theta just before the optimiser moves theta; with path_grad=task g is the gradient of the loss
         # without SI's own surrogate (Zenke et al.'s "unregularised gradient"), recorded before the penalty's
         params = [p for _, p in self._params()]
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        if self.path_grad == "total":
-            self._penalise_and_clip(params)
-        self._grad = torch._foreach_mul([p.grad for p in params], 1.0)  # copies, in one fused call
-        self._before = torch._foreach_mul([p.detach() for p in params], 1.0)
         if self.path_grad == "task":
-            self._penalise_and_clip(params)
+            self._record(params)
+        return super().add_penalty_gradient(scale)
 
-    def _penalise_and_clip(self, params: list[torch.nn.Parameter]) -> None:
-        super().after_backward()
+    def transform_gradient(self, step: Step) -> None:
+        params = [p for _, p in self._params()]
         if self.clip_value is not None:
             for p in params:
                 p.grad.clamp_(-self.clip_value, self.clip_value)
+        if self.path_grad == "total":  # the gradient the step takes: penalty included, clipped (mammoth's SI)
+            self._record(params)
 
-    def after_step(self) -> None:
+    def _record(self, params: list[torch.nn.Parameter]) -> None:
+        self._grad = torch._foreach_mul([p.grad for p in params], 1.0)  # copies, in one fused call
+        self._before = torch._foreach_mul([p.detach() for p in params], 1.0)
+
+    def after_step(self, step: Step) -> None:
         if not self._grad:
             return
         params = self._params()

@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.func import functional_call
 
-from clrun.methods.base import Method, require
+from clrun.methods.base import Method, Step, require
 
 
 def top_mask(scores: Tensor, keep: float) -> Tensor:
@@ -54,7 +54,7 @@ class SupSup(Method):
         self.inference_total = 0
 
     def setup(self) -> None:
-        model = self.learner.model
+        model = self.ctx.model
         self.names = [n for n, p in model.named_parameters() if p.dim() > 1]
         keep = 1.0 - self.sparsity
         with torch.no_grad():
@@ -65,7 +65,7 @@ class SupSup(Method):
                     p.copy_(torch.sign(p) * (2.0 / (keep * p[0].numel())) ** 0.5)
                 p.requires_grad_(False)
         # one score tensor per weight for every task, created up front so untrained tasks have a (random) mask
-        g = torch.Generator().manual_seed(self.learner.seed + 1)
+        g = torch.Generator().manual_seed(self.ctx.seed + 1)
         params = dict(model.named_parameters())
         def scores_like(w: Tensor) -> nn.Parameter:  # edge-popup's Kaiming-uniform score init
             bound = (6.0 / w[0].numel()) ** 0.5
@@ -73,36 +73,36 @@ class SupSup(Method):
             return nn.Parameter(s.to(w.device), requires_grad=False)
 
         model.supermask_scores = nn.ModuleList(
-            nn.ParameterList(scores_like(params[n]) for n in self.names) for _ in range(len(self.learner.stream)))
+            nn.ParameterList(scores_like(params[n]) for n in self.names) for _ in range(len(self.ctx.stream)))
 
     def before_task(self, task_id: int) -> None:
-        for p in self.learner.model.supermask_scores[task_id]:
+        for p in self.ctx.model.supermask_scores[task_id]:
             p.requires_grad_(True)
 
-    def after_backward(self) -> None:
+    def transform_gradient(self, step: Step) -> None:
         # the straight-through gradient reaching a score is scaled by a small weight: edge-popup trains scores
         # with a 10x larger step than weights usually get (lr 0.1), so the scores' step is lr * score_lr_scale
         if self.score_lr_scale != 1.0:
-            for p in self.learner.model.supermask_scores[self.learner.current_task]:
+            for p in self.ctx.model.supermask_scores[self.ctx.current_task]:
                 if p.grad is not None:
                     p.grad.mul_(self.score_lr_scale)
 
     def task_masks(self, task_id: int) -> dict[str, Tensor]:
         if task_id in self.masks:
             return {n: m.float() for n, m in self.masks[task_id].items()}
-        scores = self.learner.model.supermask_scores[task_id]
+        scores = self.ctx.model.supermask_scores[task_id]
         keep = 1.0 - self.sparsity
         # straight-through: the forward uses the hard mask, the backward treats it as the scores
         return {n: top_mask(s.detach(), keep).float() + s - s.detach() for n, s in zip(self.names, scores)}
 
     def forward(self, x: Tensor, task_id: int) -> Tensor:
-        model = self.learner.model
+        model = self.ctx.model
         params = dict(model.named_parameters())
         masked = {n: params[n] * m for n, m in self.task_masks(task_id).items()}
         return functional_call(model, masked, (x,))
 
     def after_task(self, task_id: int) -> None:
-        scores = self.learner.model.supermask_scores[task_id]
+        scores = self.ctx.model.supermask_scores[task_id]
         self.masks[task_id] = {n: top_mask(s.detach(), 1.0 - self.sparsity) for n, s in zip(self.names, scores)}
         for p in scores:  # the float scores are training scaffolding: only the bits stay
             p.requires_grad_(False)
@@ -111,9 +111,9 @@ class SupSup(Method):
     # ---- one-shot task inference
     def superposed_logits(self, x: Tensor, alphas: Tensor, stacked: dict[str, Tensor]) -> Tensor:
         """Logits of the network whose mask is sum_i alphas[i] * M_i (``stacked[name]``: [k, *weight.shape])."""
-        params = dict(self.learner.model.named_parameters())
+        params = dict(self.ctx.model.named_parameters())
         weights = {n: params[n] * torch.tensordot(alphas, m, dims=1) for n, m in stacked.items()}
-        return functional_call(self.learner.model, weights, (x,))
+        return functional_call(self.ctx.model, weights, (x,))
 
     def infer_task(self, x: Tensor, tasks: list[int], stacked: dict[str, Tensor] | None = None,
                    upto: int | None = None) -> int:
@@ -128,7 +128,7 @@ class SupSup(Method):
             x = x.clone()
             while True:
                 alphas = (alive.float() / alive.sum()).requires_grad_(True)
-                logits = self.learner.scenario.masked(self.superposed_logits(x, alphas, stacked), ids, upto)
+                logits = self.ctx.scenario.masked(self.superposed_logits(x, alphas, stacked), ids, upto)
                 (grad,) = torch.autograd.grad(entropy(logits), alphas)
                 grad = grad.masked_fill(~alive, float("inf"))
                 if self.task_inference == "oneshot" or int(alive.sum()) <= 2:
@@ -148,7 +148,7 @@ class SupSup(Method):
         # the learnt masks are the candidates; before any task is learnt, every seen task's initial mask
         tasks = sorted(self.masks) or list(range(upto + 1))
         stacked = self.stacked_masks(tasks)
-        scenario = self.learner.scenario
+        scenario = self.ctx.scenario
         out = []
         for s in range(0, len(x), self.inference_batch):
             chunk = x[s : s + self.inference_batch]
@@ -163,7 +163,7 @@ class SupSup(Method):
         return torch.cat(out)
 
     def extra_metrics(self) -> dict:
-        row = {"mask_bits_per_task": sum(self.learner.model.get_parameter(n).numel() for n in self.names)}
+        row = {"mask_bits_per_task": sum(self.ctx.model.get_parameter(n).numel() for n in self.names)}
         if self.task_inference != "given":
             row["task_inference_acc"] = self.inference_hits / max(1, self.inference_total)
         return row
