@@ -117,6 +117,7 @@ class Context:
     def fit(self, task_id: int, epochs: int, loss_fn: Callable[[Tensor, Tensor], Tensor],
             parameters: list[nn.Parameter], lr: float, generator: torch.Generator, eval_mode: bool = True) -> None:
         """``epochs`` passes of plain SGD at ``lr`` on ``parameters`` alone over task ``task_id``'s data, the
-        loss ``loss_fn(inputs in the task's view, the task's local labels)``, without the other methods' hooks
-        (LwF's head warm-up). ``eval_mode``: the model as at evaluation (batch-norm statistics untouched)."""
+        loss ``loss_fn(inputs in the task's view, the task's local labels)``, through the learner's step with
+        that loss as its only contribution (LwF's head warm-up). ``eval_mode``: the model as at evaluation
+        (batch-norm statistics untouched)."""
         self._learner.fit(task_id, epochs, loss_fn, parameters, lr, generator, eval_mode)

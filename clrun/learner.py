@@ -114,11 +114,14 @@ class Learner:
             self.optimizer.add_param_group({"params": new})
 
     # ---- the one training step
-    def step(self, batch: Batch, phase: str = "train") -> tuple[Tensor, Tensor]:
+    def step(self, batch: Batch, phase: str = "train", methods: list[Method] | None = None,
+             optimizer: torch.optim.Optimizer | None = None) -> tuple[Tensor, Tensor]:
         """One optimiser step on ``batch`` with every method's contribution; returns (loss, new logits), both
-        detached: the loss is the one whose gradient was applied (before gradient transforms)."""
-        primary, methods = self.method, self.methods
-        self.optimizer.zero_grad(set_to_none=True)
+        detached: the loss is the one whose gradient was applied (before gradient transforms). ``methods`` and
+        ``optimizer`` replace the run's for a method's own phase (ctx.fit)."""
+        methods = self.methods if methods is None else methods
+        primary, optimizer = methods[0], optimizer or self.optimizer
+        optimizer.zero_grad(set_to_none=True)
         replayed = primary.replay(batch)
         x = batch.x if replayed is None else torch.cat([batch.x, replayed.x])
         step = Step(batch, replayed, primary.forward(x, batch.task), phase)
@@ -142,15 +145,15 @@ class Learner:
             if value is not None:
                 loss = loss + scale * value
         if self.check_step:
-            self._check_gradient(graph, loss, scale)
-        frozen = self._frozen()
+            self._check_gradient(graph, loss, scale, methods)
+        frozen = self._frozen(methods)
         if frozen:
             for p, mask, _ in frozen:
                 if p.grad is not None:
                     p.grad.masked_fill_(mask, 0.0)
         for m in methods:
             m.transform_gradient(step)
-        self.optimizer.step()
+        optimizer.step()
         if frozen:
             with torch.no_grad():  # momentum or weight decay could still move a frozen entry: put it back
                 for p, mask, kept in frozen:
@@ -159,20 +162,20 @@ class Learner:
             m.after_step(step)
         return loss, new_logits.detach()
 
-    def _frozen(self) -> list[tuple[nn.Parameter, Tensor, Tensor]]:
+    def _frozen(self, methods: list[Method]) -> list[tuple[nn.Parameter, Tensor, Tensor]]:
         """(parameter, mask, its values now) for every entry a method freezes this step."""
         params = dict(self.model.named_parameters())
         out = []
-        for m in self.methods:
+        for m in methods:
             for name, mask in (m.frozen() or {}).items():
                 out.append((params[name], mask, params[name].detach().clone()))
         return out
 
-    def _check_gradient(self, graph: Tensor, logged: Tensor, scale: float) -> None:
+    def _check_gradient(self, graph: Tensor, logged: Tensor, scale: float, methods: list[Method]) -> None:
         """check_step=true: the gradient about to be applied must be autograd's gradient of the logged loss."""
         params = self.trainable_parameters()
         total = graph
-        for m in self.methods:
+        for m in methods:
             v = m.penalty_value()
             if v is not None:
                 total = total + scale * v
@@ -272,9 +275,10 @@ class Learner:
 
     def fit(self, task_id: int, epochs: int, loss_fn: Callable[[Tensor, Tensor], Tensor],
             parameters: list[nn.Parameter], lr: float, generator: torch.Generator, eval_mode: bool) -> None:
-        """A method's own phase (ctx.fit): plain SGD on ``parameters`` with ``loss_fn`` alone, same step shape."""
+        """A method's own phase (ctx.fit): :meth:`step` with ``loss_fn`` as the whole objective and plain SGD
+        on ``parameters`` alone."""
         task = self.stream.tasks[task_id]
-        optimizer = torch.optim.SGD(parameters, lr=lr)
+        objective, optimizer = _Objective(loss_fn), torch.optim.SGD(parameters, lr=lr)
         n = len(task.train_y)
         was_training = self.model.training
         self.model.train(not eval_mode)
@@ -282,9 +286,8 @@ class Learner:
             order = torch.randperm(n, generator=generator).to(task.train_x.device)
             for s in range(0, n, self.batch_size):
                 idx = order[s : s + self.batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(task.inputs(task.train_x[idx]), task.train_y[idx]).backward()
-                optimizer.step()
+                batch = Batch(task.inputs(task.train_x[idx]), task.train_y[idx], task.train_y[idx], task_id)
+                self.step(batch, "fit", [objective], optimizer)
         for p in parameters:
             p.grad = None
         self.model.train(was_training)
@@ -310,3 +313,17 @@ class Learner:
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+class _Objective(Method):
+    """A phase's whole objective as the only method of its steps (ctx.fit): ``loss_fn(inputs, local labels)``
+    computes its own outputs, so the step's forward is empty."""
+
+    def __init__(self, loss_fn: Callable[[Tensor, Tensor], Tensor]):
+        self.loss_fn = loss_fn
+
+    def forward(self, x: Tensor, task_id: int) -> Tensor:
+        return x.new_zeros(len(x), 0)
+
+    def data_loss(self, step: Step) -> Tensor:
+        return self.loss_fn(step.batch.x, step.batch.y)

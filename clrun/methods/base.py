@@ -53,7 +53,7 @@ class Step:
     batch: Batch
     replayed: Batch | None
     logits: Tensor
-    phase: str = "train"  # train | retrain (extra epochs a method asked for through ctx.train)
+    phase: str = "train"  # train | retrain (ctx.train's extra epochs) | fit (a method's own objective: ctx.fit)
     scale: float = 1.0  # the product of every method's loss_scale, set before backward
     scratch: dict = field(default_factory=dict)  # a method's own per-step values, from one hook to the next
 
