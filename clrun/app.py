@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -74,7 +75,7 @@ def user_search_path(argv: list[str], env: str | None) -> list[str]:
     extra = [f"file://{Path(d).resolve()}" for d in dirs]
     given = [a for a in argv if a.startswith("hydra.searchpath=")]
     if given:
-        listed = OmegaConf.create({"p": given[-1].split("=", 1)[1]}).p  # the user's list, as Hydra parses it
+        listed = OverridesParser.create().parse_override(given[-1]).value()  # the user's list, as Hydra reads it
         rest = [a for a in argv if not a.startswith("hydra.searchpath=")]
         return [*rest, f"hydra.searchpath=[{','.join([*map(str, listed), *extra])}]"]
     return [*argv, f"hydra.searchpath=[{','.join(extra)}]"]

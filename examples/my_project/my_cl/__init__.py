@@ -1,0 +1,1 @@
+"""A researcher's own continual-learning code, run by clrun without touching clrun (see README.md here)."""
