@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full-MNIST experiments whose numbers the README quotes. Run from the repository root:
-#   CLRUN_DATA=../shared/data bash benchmarks/readme_mnist.sh [foundation|regularisation|replay|dynamic|diagnostics|papers|papers_checks]
+#   CLRUN_DATA=../shared/data bash benchmarks/readme_mnist.sh [foundation|regularisation|defaults|replay|dynamic|diagnostics|papers|papers_checks]
 # Each section writes a sweep directory under outputs/readme/ with summary.csv and summary_by_config.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,18 @@ if [[ $what == all || $what == regularisation ]]; then
   clrun-report $r/naive $r/ewc $r/si $r/mas $r/lwf -o $r
   # the FAQ's rule: best ACC with forgetting under a tolerance (here: naive's forgetting)
   clrun-select $r --max-forgetting 0.04 -o $r || true
+fi
+
+if [[ $what == all || $what == defaults ]]; then
+  # every regulariser at its default on the default stream (`clrun method=NAME`), and the grids its default
+  # was chosen from: benchmarks/results_defaults.csv
+  r=$out/defaults
+  clrun -m quiet=true plots=false method=naive,ewc,online_ewc,lwf hydra.sweep.dir=$r/base
+  clrun -m quiet=true plots=false method=ewc lam=30,50 hydra.sweep.dir=$r/ewc
+  clrun -m quiet=true plots=false method=mas method.online=false lam=0.01,0.03,0.1,0.3,1 hydra.sweep.dir=$r/mas_per_task
+  clrun -m quiet=true plots=false method=mas method.online=true lam=0.1,0.3,1 hydra.sweep.dir=$r/mas_online
+  clrun -m quiet=true plots=false method=si lam=1,10,30,100,300 hydra.sweep.dir=$r/si
+  python benchmarks/collect_defaults.py $r benchmarks/results_defaults.csv
 fi
 
 if [[ $what == all || $what == replay ]]; then

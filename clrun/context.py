@@ -5,7 +5,7 @@ this, never the learner itself, so the learner stays free to change how it train
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -15,8 +15,17 @@ from torch import Tensor
 from clrun.buffer import per_class_first
 from clrun.streams import Scenario, Stream
 
-if TYPE_CHECKING:
-    from clrun.learner import Learner
+
+class Runner(Protocol):
+    """What the context needs of whoever runs the steps (the learner), and nothing more."""
+
+    optimizer: torch.optim.Optimizer | None
+    optimizer_factory: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+    def extra_epochs(self, task_id: int, epochs: int) -> None: ...
+
+    def fit(self, task_id: int, epochs: int, loss_fn: Callable[[Tensor, Tensor], Tensor],
+            parameters: list[nn.Parameter], lr: float, generator: torch.Generator, eval_mode: bool) -> None: ...
 
 
 class Context:
@@ -27,7 +36,7 @@ class Context:
     the first task), ``generator`` (the batch-order generator: draw from it only where the draw is part of the
     batch order, as replay picks are)."""
 
-    def __init__(self, learner: Learner, model: nn.Module, stream: Stream, scenario: Scenario,
+    def __init__(self, learner: Runner, model: nn.Module, stream: Stream, scenario: Scenario,
                  device: torch.device, seed: int, batch_size: int, train_units: str | None):
         self._learner = learner
         self.model = model
@@ -56,6 +65,17 @@ class Context:
         if group.get("momentum", 0) or group.get("weight_decay", 0) or len(opt.param_groups) > 1:
             return None
         return float(group["lr"])
+
+    def sgd_stability_limit(self) -> tuple[float, float] | None:
+        """(lr, the largest lr x curvature a quadratic stays stable under) for SGD: 2, or 2 (1 + momentum) with
+        heavy-ball momentum; None for other optimisers, whose steps are not lr x gradient."""
+        opt = self.optimizer or self._learner.optimizer_factory([nn.Parameter(torch.zeros(1))])
+        if type(opt) is not torch.optim.SGD:
+            return None
+        group = opt.param_groups[0]
+        if group.get("nesterov", False):
+            return None
+        return float(group["lr"]), 2.0 * (1.0 + float(group.get("momentum", 0) or 0))
 
     def optimizer_name(self) -> str:
         opt = self.optimizer or self._learner.optimizer_factory([nn.Parameter(torch.zeros(1))])

@@ -164,6 +164,8 @@ class Learner:
 
     def _frozen(self, methods: list[Method]) -> list[tuple[nn.Parameter, Tensor, Tensor]]:
         """(parameter, mask, its values now) for every entry a method freezes this step."""
+        if all(type(m).frozen is Method.frozen for m in methods):
+            return []  # no method freezes anything: skip the parameter lookup on every step
         params = dict(self.model.named_parameters())
         out = []
         for m in methods:

@@ -4,7 +4,6 @@ copies of the step caused, and methods, streams and models from a user's own pro
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -190,3 +189,12 @@ def test_clrun_refuses_a_config_path_that_is_not_a_directory(tmp_path):
     done = subprocess.run(clrun_cmd("quiet=true"), cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode != 0 and "CLRUN_CONFIG_PATH" in done.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_penalty_too_stiff_for_sgd_is_warned_before_the_next_task_and_counted(tmp_path, caplog):
+    stiff = run(make_cfg(*FAST, "method=mas", "lam=1000", "benchmark.n_tasks=2", "on_nan=skip"), tmp_path / "a")
+    assert "lr x curvature of the penalty exceeds 2" in caplog.text and "mas" in caplog.text
+    assert stiff["penalty_unstable_fraction"] > 0
+    caplog.clear()
+    mild = run(make_cfg(*FAST, "method=mas", "lam=1e-4", "benchmark.n_tasks=2"), tmp_path / "b")
+    assert "curvature" not in caplog.text and mild["penalty_unstable_fraction"] == 0

@@ -1,5 +1,9 @@
 """MAS (Aljundi et al. 2018): importance E_x |d(0.5 ||f(x)||^2)/d theta|, computed without labels; the
-same quadratic anchor as EWC."""
+same quadratic anchor as EWC. By default (``online``, as the paper) the importances of the tasks add up and the
+anchor is the last task's weights. MAS's importance is dense (every weight gets a share), so with one anchor
+per task (``online=false``) the penalty's minimum is the importance-weighted mean of all past optima, and a
+strong penalty drags the model away from the latest tasks' optima: on the default stream that forgets more
+than naive fine-tuning."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from clrun.methods.quadratic import QuadraticPenalty
 
 
 class MAS(QuadraticPenalty):
-    def __init__(self, lam: float = 1.0, samples: int | None = 2000, online: bool = False, gamma: float = 1.0,
+    def __init__(self, lam: float = 0.1, samples: int | None = 2000, online: bool = True, gamma: float = 1.0,
                  chunk: int = 16, backend: str = "auto", abs_batch: int | None = None):
         require(samples is None or samples >= 1, f"method.samples={samples!r} must be a positive integer or null")
         require(abs_batch is None or abs_batch >= 1,

@@ -4,14 +4,24 @@ Not a method by itself: the three differ only in how the importance W is estimat
 pairs (W_k, theta*_k) are kept for inspection; training uses their sums A = sum_k W_k and B = sum_k W_k theta*_k,
 because the penalty's gradient 2 * scale * lam * (A theta - B) is then one fused pass over the parameters per
 step whatever the number of tasks, added straight to the gradients after backward (no autograd graph), and
-its value scale * lam * (sum theta (A theta - 2 B) + C), C = sum_k W_k theta*_k^2, two more."""
+its value scale * lam * (sum theta (A theta - 2 B) + C), C = sum_k W_k theta*_k^2, two more.
+
+Along weight i the penalty's curvature is k_i = 2 * scale * lam * A_i. An explicit SGD step of size lr on it
+multiplies theta_i - theta*_i by (1 - lr k_i): once lr k_i > 2 (2 (1 + momentum) with heavy-ball momentum)
+the weight oscillates with growing amplitude instead of returning to its anchor, so a strong penalty adds
+forgetting where it should remove it. After each task the method warns when that holds for any weight, and
+metrics.csv's ``penalty_unstable_fraction`` keeps the largest fraction of such weights seen."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import Tensor
 
 from clrun.methods.base import Method
+
+log = logging.getLogger("clrun")
 
 
 class QuadraticPenalty(Method):
@@ -28,6 +38,7 @@ class QuadraticPenalty(Method):
         self._A: list[Tensor] = []
         self._B: list[Tensor] = []
         self._C: Tensor | None = None
+        self.unstable_fraction = 0.0  # largest fraction of weights with lr * curvature past the SGD limit
 
     def consolidate(self, new_importance: dict[str, Tensor]) -> None:
         """Add one task's importance, anchored at the current parameters."""
@@ -44,6 +55,24 @@ class QuadraticPenalty(Method):
                 self.importance[name] = torch.cat([self.importance[name], w])
                 self.anchor[name] = torch.cat([self.anchor[name], theta])
         self._sums()
+        self._check_stability()
+
+    def _check_stability(self) -> None:
+        """Warn, before the next task trains, when an explicit SGD step on the penalty would diverge."""
+        limit = self.ctx.sgd_stability_limit()
+        if limit is None or not self._A or self.lam == 0:
+            return
+        lr, bound = limit
+        curvature = [2.0 * self.scale * self.lam * a for a in self._A]
+        n_unstable = sum(int((lr * k > bound).sum()) for k in curvature)
+        fraction = n_unstable / sum(k.numel() for k in curvature)
+        self.unstable_fraction = max(self.unstable_fraction, fraction)
+        if n_unstable:
+            top = max(float(k.max()) for k in curvature)
+            log.warning("%s: lr x curvature of the penalty exceeds %.3g on %d weights (%.2g%%; largest lr x curvature "
+                        "%.3g): an explicit SGD step overshoots the anchor along them by more each step, and the "
+                        "run may diverge; lam <= %.3g keeps every weight stable, or lower lr", self.name, bound,
+                        n_unstable, 100 * fraction, lr * top, self.lam * bound / (lr * top))
 
     def _sums(self) -> None:
         self._names = list(self.importance)
@@ -88,4 +117,5 @@ class QuadraticPenalty(Method):
         return self.scale * self.lam * value
 
     def extra_metrics(self) -> dict:
-        return {"importance_bytes": sum(t.nbytes for d in (self.importance, self.anchor) for t in d.values())}
+        return {"importance_bytes": sum(t.nbytes for d in (self.importance, self.anchor) for t in d.values()),
+                "penalty_unstable_fraction": self.unstable_fraction}

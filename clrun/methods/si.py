@@ -19,7 +19,7 @@ from clrun.methods.quadratic import QuadraticPenalty
 class SI(QuadraticPenalty):
     scale = 1.0
 
-    def __init__(self, lam: float = 1.0, xi: float = 0.1, path_grad: str = "task", clip_value: float | None = None):
+    def __init__(self, lam: float = 100.0, xi: float = 0.1, path_grad: str = "task", clip_value: float | None = None):
         require(xi > 0, f"method.xi={xi!r} must be > 0 (it keeps the importance finite)")
         require(path_grad in ("task", "total"), f"method.path_grad={path_grad!r} is not allowed; use task or total")
         super().__init__(lam, online=True, gamma=1.0)  # Omega accumulates; the anchor is the latest optimum

@@ -14,14 +14,14 @@ def drifting_blobs(n_tasks: int = 4, n_classes: int = 4, dim: int = 16, n_train:
     passes data_root, download and normalize, which generated data does not need."""
     g = torch.Generator().manual_seed(stream_seed)
     means = torch.randn(n_classes, dim, generator=g)
+
+    def draw(centre: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n_classes).repeat_interleave(n)
+        return centre[y] + noise * torch.randn(len(y), dim, generator=g), y
+
     tasks = []
     for t in range(n_tasks):
         centre = means + drift * torch.randn(n_classes, dim, generator=g)
-
-        def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            y = torch.arange(n_classes).repeat_interleave(n)
-            return centre[y] + noise * torch.randn(len(y), dim, generator=g), y
-
-        (train_x, train_y), (eval_x, eval_y) = draw(n_train), draw(n_test)
+        (train_x, train_y), (eval_x, eval_y) = draw(centre, n_train), draw(centre, n_test)
         tasks.append(Task(t, f"drift{t}", list(range(n_classes)), train_x, train_y, eval_x, eval_y))
     return Stream("drifting_blobs", tasks, in_shape=(dim,), data_source="generated")
