@@ -198,3 +198,12 @@ def test_a_penalty_too_stiff_for_sgd_is_warned_before_the_next_task_and_counted(
     caplog.clear()
     mild = run(make_cfg(*FAST, "method=mas", "lam=1e-4", "benchmark.n_tasks=2"), tmp_path / "b")
     assert "curvature" not in caplog.text and mild["penalty_unstable_fraction"] == 0
+
+
+def test_icarl_reads_a_checkpoint_written_before_the_replay_hook():
+    icarl = ICaRL(replay="merged")
+    state = icarl.state_dict()
+    state["replay"] = state.pop("replay_mode")  # how older checkpoints stored the mode
+    fresh = ICaRL()
+    fresh.load_state_dict(state)
+    assert fresh.replay_mode == "merged" and callable(fresh.replay)

@@ -181,5 +181,11 @@ class ICaRL(ReplayMethod):
         ids = torch.full((len(x),), task_id, dtype=torch.long, device=x.device)
         return self.ctx.scenario.masked(scores, ids, upto)
 
+    def load_state_dict(self, state: dict) -> None:
+        if isinstance(state.get("replay"), str):  # checkpoints written before the replay hook kept the mode there
+            state = {**state, "replay_mode": state["replay"]}
+            del state["replay"]
+        super().load_state_dict(state)
+
     def extra_metrics(self) -> dict:
         return {"buffer_bytes": sum(t.nbytes for ex in self.exemplars.values() for t in ex)}
