@@ -56,9 +56,8 @@ class Context:
         return self._learner.optimizer
 
     def plain_sgd_lr(self) -> float | None:
-        """The learning rate when every step is plain SGD (lr x gradient: no momentum, no weight decay), else None.
-        Before the first task it reads the optimiser the run will build."""
-        opt = self.optimizer or self._learner.optimizer_factory([nn.Parameter(torch.zeros(1))])
+        """The learning rate when every step is plain SGD (lr x gradient: no momentum, no weight decay), else None."""
+        opt = self._optimizer()
         if type(opt) is not torch.optim.SGD:
             return None
         group = opt.param_groups[0]
@@ -69,7 +68,7 @@ class Context:
     def sgd_stability_limit(self) -> tuple[float, float] | None:
         """(lr, the largest lr x curvature a quadratic stays stable under) for SGD: 2, or 2 (1 + momentum) with
         heavy-ball momentum; None for other optimisers, whose steps are not lr x gradient."""
-        opt = self.optimizer or self._learner.optimizer_factory([nn.Parameter(torch.zeros(1))])
+        opt = self._optimizer()
         if type(opt) is not torch.optim.SGD:
             return None
         group = opt.param_groups[0]
@@ -78,8 +77,11 @@ class Context:
         return float(group["lr"]), 2.0 * (1.0 + float(group.get("momentum", 0) or 0))
 
     def optimizer_name(self) -> str:
-        opt = self.optimizer or self._learner.optimizer_factory([nn.Parameter(torch.zeros(1))])
-        return type(opt).__name__
+        return type(self._optimizer()).__name__
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """The current task's optimiser, or before the first task one the run's factory builds on a stand-in."""
+        return self.optimizer or self._learner.optimizer_factory([nn.Parameter(torch.zeros(1))])
 
     # ---- data and losses
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -113,10 +113,8 @@ class EWC(QuadraticPenalty):
 
     def value(self) -> Tensor:
         total = super().value()
-        if self.eigen:
-            theta = parameters_to_vector(self.ctx.trainable_parameters())
-            for evals, vecs, anchor in self.eigen:
-                total = total + 0.5 * self.lam * (evals * (vecs.T @ (theta - anchor)).pow(2)).sum()
+        if self.eigen:  # differentiable: theta is not detached here
+            total = total + self._lowrank_value(parameters_to_vector(self.ctx.trainable_parameters()))
         return total
 
     def penalty_value(self) -> Tensor | None:
