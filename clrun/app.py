@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,10 +18,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from clrun import io
-from clrun.data import DatasetError
+from clrun import run as run_mod
+from clrun.errors import ClrunError
+from clrun.report import SweepSummary
 from clrun.run import run
-from clrun.streams import ConfigError
 
+JOB_STATUSES: list[str] = []  # the statuses of the jobs this process ran: a sweep's exit code
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("clrun")
 
@@ -26,40 +32,72 @@ log = logging.getLogger("clrun")
 def _hydra_main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     sweeping = hc.mode == RunMode.MULTIRUN
+    out_dir = Path(hc.runtime.output_dir)
     n_jobs = OmegaConf.select(hc, "launcher.n_jobs")
     if cfg.threads is None and n_jobs:  # parallel jobs share the cores: jobs x threads = cores
         cores = os.cpu_count() or 1
         cfg.threads = max(1, cores // (cores if n_jobs < 0 else n_jobs))
+    job_files = _job_files(cfg, hc)
+    status, acc = _run_job(cfg, out_dir, sweeping, job_files)
+    JOB_STATUSES.append(status)
+    return acc  # a sweeper that optimises reads it
+
+
+def _run_job(cfg: DictConfig, out_dir: Path, sweeping: bool, job_files: dict[str, str]) -> tuple[str, float]:
+    """One job: its status in this process (refused: a bad command, or a directory holding another run), ACC."""
+    nan = float("nan")
+    if run_mod.stop_signal():  # an earlier job of this sweep was interrupted: the rest are not started
+        run_mod.record_not_started(cfg, out_dir, f"not started: the sweep was stopped by {run_mod.stop_signal()}",
+                                   job_files)
+        return "interrupted", nan
+    if not sweeping and not cfg.quiet:
+        print(f"clrun: run directory {out_dir}", file=sys.stderr)
     try:
-        row = run(cfg, hc.runtime.output_dir)
-    except (ConfigError, DatasetError) as err:
+        row = run(cfg, out_dir, job_files=job_files)
+    except ClrunError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"clrun: error: {err}", file=sys.stderr)
         if sweeping:  # one bad job must not stop the sweep; the summary lists it as failed
-            _record_failure(cfg, hc.runtime.output_dir, err)
-            return float("nan")
+            _record_failure(cfg, out_dir, err, job_files)
+            return "refused", nan
         sys.exit(2)
     except Exception as err:
         if not sweeping or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.exception("job failed; the sweep goes on")
-        _record_failure(cfg, hc.runtime.output_dir, err)
-        return float("nan")
+        _record_failure(cfg, out_dir, err, job_files)
+        return "failed", nan
     if row["status"] != "completed" and not sweeping:
         print(f"clrun: run {row['status']}: {row.get('error', '')}", file=sys.stderr)
         sys.exit(3)
-    return row["ACC"]
+    return str(row["status"]), float(row["ACC"])
 
 
-def _record_failure(cfg: DictConfig, out_dir: str, err: BaseException) -> None:
-    """A metrics.csv for a job that failed before training wrote one."""
-    path = Path(out_dir) / io.METRICS_FILE
-    if path.exists():
+def _job_files(cfg: DictConfig, hc: DictConfig) -> dict[str, str]:
+    """What Hydra would write into ``.hydra/`` (config, its own config, the overrides): clrun writes them once the
+    command has been checked, so a refused command leaves an existing run directory as it was."""
+    return {".hydra/config.yaml": OmegaConf.to_yaml(cfg), ".hydra/hydra.yaml": OmegaConf.to_yaml({"hydra": hc}),
+            ".hydra/overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task))}
+
+
+def _record_failure(cfg: DictConfig, out_dir: Path, err: BaseException, job_files: dict[str, str]) -> None:
+    """A metrics.csv for a job that failed before training wrote one (never over another run's files)."""
+    if (out_dir / io.METRICS_FILE).exists():
         return
-    target = str(OmegaConf.select(cfg, "method._target_", default=""))
-    io.write_metrics(Path(out_dir), {"method": target.rsplit(".", 1)[-1].lower(), "seed": cfg.get("seed"),
-                                     "status": "failed", "error": f"{type(err).__name__}: {err}"})
+    run_mod.record_not_started(cfg, out_dir, f"{type(err).__name__}: {err}", job_files, status="failed")
+
+
+def job_dir_name(override_dirname: str) -> str:
+    """A sweep job's directory, named by its overrides (``lam=10,seed=1``) rather than its index: a sweep
+    resumed with a changed grid finds each job's own directory, and never another job's."""
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", override_dirname) or "defaults"
+    if name != override_dirname or len(name) > 120:  # the original text, kept apart by its hash
+        name = f"{name[:100]}-{hashlib.sha1(override_dirname.encode()).hexdigest()[:8]}"
+    return name
+
+
+OmegaConf.register_new_resolver("clrun_job_dir", job_dir_name, replace=True)
 
 
 def user_search_path(argv: list[str], env: str | None) -> list[str]:
@@ -71,7 +109,7 @@ def user_search_path(argv: list[str], env: str | None) -> list[str]:
         return argv
     for d in dirs:
         if not Path(d).is_dir():
-            sys.exit(f"clrun: error: CLRUN_CONFIG_PATH={env} names {d}, which is not a directory")
+            fail(f"CLRUN_CONFIG_PATH={env} names {d}, which is not a directory")
     extra = [f"file://{Path(d).resolve()}" for d in dirs]
     given = [a for a in argv if a.startswith("hydra.searchpath=")]
     if given:
@@ -91,15 +129,113 @@ def main() -> None:
     if "--resume" in sys.argv:
         i = sys.argv.index("--resume")
         if i + 1 >= len(sys.argv):
-            sys.exit("clrun: error: --resume needs a run directory")
+            fail("--resume needs a run directory")
         run_dir = Path(sys.argv[i + 1])
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
-        if not overrides_file.exists():
-            sys.exit(f"clrun: error: {run_dir} is not a clrun run directory (no .hydra/overrides.yaml)")
-        overrides = [o for o in OmegaConf.load(overrides_file) if not str(o).startswith(("resume=", "hydra."))]
+        overrides = resume_overrides(run_dir, config_dirs(sys.argv))
         rest = sys.argv[1:i] + sys.argv[i + 2 :]
-        sys.argv = [sys.argv[0], *map(str, overrides), *rest, f"hydra.run.dir={run_dir}", "resume=true"]
+        sys.argv = [sys.argv[0], *overrides, *rest, f"hydra.run.dir={run_dir}", "resume=true"]
+    check_output_dirs(sys.argv[1:])
+    sweeping = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    if sweeping:  # a Ctrl-C stops the whole sweep (the jobs left are not started), and its summary is written
+        run_mod.handle_stop_signals()
+        sys.argv = [sys.argv[0], *name_jobs_by_swept_keys(sys.argv[1:])]
+    SweepSummary.outcome = None
+    JOB_STATUSES.clear()
     _hydra_main()
+    # this command's jobs when they ran in this process (the basic launcher), else the sweep directory's CSVs
+    outcome = dict(Counter(JOB_STATUSES)) if JOB_STATUSES else SweepSummary.outcome or {}
+    bad = {k: v for k, v in outcome.items() if k != "completed"}
+    if sweeping and bad:
+        print(f"clrun: error: not every job completed: {bad}", file=sys.stderr)
+        sys.exit(3)
+
+
+def fail(message: str) -> NoReturn:
+    """A refused command: one line on stderr, exit status 2, before any file is written."""
+    print(f"clrun: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_output_dirs(argv: list[str]) -> None:
+    """``hydra.run.dir`` / ``hydra.sweep.dir`` usable before Hydra creates them (it fails with a traceback)."""
+    for a in argv:
+        key, _, value = a.partition("=")
+        if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value:
+            continue
+        path = Path(value)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not path.is_dir():
+            fail(f"{key}={value} is not allowed: {path} is a file, not a directory")
+        if not os.access(path, os.W_OK | os.X_OK):
+            fail(f"{key}={value} is not allowed: {path} is not writable")
+
+
+def name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
+    """A sweep's job directories named by what varies (``method=er,buffer=20``): the settings every job shares
+    are left out of the names, unless the command sets the names' keys itself."""
+    if any(a.startswith("hydra.job.config.override_dirname") for a in argv):
+        return argv
+    parser = OverridesParser.create()
+    fixed = []
+    for a in argv:
+        if a.startswith("-") or "=" not in a:
+            continue
+        try:
+            o = parser.parse_override(a)
+        except Exception:  # Hydra reports a malformed override itself, with its own message
+            return argv
+        if not o.is_sweep_override() and not o.key_or_group.startswith("hydra"):
+            fixed.append(o.key_or_group)
+    keys = ",".join(repr(k) for k in ["resume", "quiet", "plots", *fixed])
+    return [*argv, f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"]
+
+
+def config_dirs(argv: list[str]) -> list[Path]:
+    """clrun's config directory and the user's (CLRUN_CONFIG_PATH, hydra.searchpath=...)."""
+    dirs = [Path(CONF_DIR)]
+    for a in argv:
+        if a.startswith("hydra.searchpath="):
+            for d in OverridesParser.create().parse_override(a).value():
+                dirs.append(Path(str(d).removeprefix("file://")))
+    return dirs
+
+
+def allowed_targets(dirs: list[Path]) -> set[str]:
+    """Every ``_target_`` a config file in ``dirs`` names: the classes a resumed run may instantiate."""
+    found: set[str] = set()
+    for d in dirs:
+        for f in d.rglob("*.yaml") if d.is_dir() else []:
+            found.update(re.findall(r"_target_:\s*['\"]?([\w.]+)", f.read_text(errors="replace")))
+    return found
+
+
+def resume_overrides(run_dir: Path, dirs: list[Path]) -> list[str]:
+    """The overrides a run directory was run with, checked: a crafted file must not name code to run."""
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.exists():
+        fail(f"{run_dir} is not a clrun run directory (no .hydra/overrides.yaml)")
+    try:
+        listed = OmegaConf.load(overrides_file)
+        if not OmegaConf.is_list(listed) or not all(isinstance(o, str) for o in listed):
+            raise ValueError("not a list of overrides")
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in listed])
+    except Exception as err:  # YAML, grammar or shape: the file is not what clrun wrote
+        why = " ".join(str(err).split())[:120]
+        fail(f"{overrides_file} cannot be read as clrun's overrides ({why}); restore it, or "
+                 "rerun the experiment in a new directory")
+    targets = allowed_targets(dirs)
+    kept = []
+    for text, o in zip(map(str, listed), parsed):
+        key = o.key_or_group
+        if key.startswith("hydra") or key == "resume":
+            continue
+        if key.endswith("_target_") and str(o.value()) not in targets:
+            fail(f"{overrides_file} sets {key}={o.value()}, a class no config file names; "
+                     "resume refuses to instantiate it. If you trust it, rerun the command yourself with this "
+                     "override (or add a config file for the class under CLRUN_CONFIG_PATH)")
+        kept.append(text)
+    return kept
 
 
 if __name__ == "__main__":

@@ -14,11 +14,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from clrun.errors import DatasetError
+
 log = logging.getLogger("clrun")
-
-
-class DatasetError(RuntimeError):
-    """A dataset that cannot be read or found: the message names the directory and files expected."""
 
 
 @dataclass
@@ -194,6 +192,8 @@ def load(name: str, root: str | None = None, download: bool = True, seed: int = 
             train, test = _torchvision(name, root, download)
             raw = _to_uint8_nchw(train), _to_uint8_nchw(test)
         (tr_x, tr_y), (te_x, te_y) = raw
+        _check_contents(name, root, "train", tr_x, tr_y)
+        _check_contents(name, root, "test", te_x, te_y)
         ds = Dataset(name, _normalise(tr_x, name, normalize), tr_y, _normalise(te_x, name, normalize), te_y,
                      source="torchvision")
     except DatasetError:
@@ -216,6 +216,21 @@ def load(name: str, root: str | None = None, download: bool = True, seed: int = 
         ds = _embedded_mnist(seed, normalize)
     _CACHE[key] = ds
     return ds
+
+
+N_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100, "svhn": 10}
+
+
+def _check_contents(name: str, root: str, split: str, x: Tensor, y: Tensor) -> None:
+    """Files of the right size can still be wrong: as many labels as images, each a class of the dataset."""
+    where = f"{name} {split} split under {root}"
+    if len(x) != len(y):
+        raise DatasetError(f"the {where} has {len(x)} images but {len(y)} labels; the files are damaged or from "
+                           "different releases: delete them to re-download")
+    top = N_CLASSES.get(name)
+    if top is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= top):
+        raise DatasetError(f"the {where} has labels from {int(y.min())} to {int(y.max())}; {name} has classes "
+                           f"0..{top - 1}: the label file is damaged, delete it to re-download")
 
 
 def _corrupt_file(name: str, root: str) -> str | None:

@@ -25,9 +25,9 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector
 
 from clrun import io
+from clrun.errors import ConfigError
 from clrun.importance import SampleGradients, lanczos_top
 from clrun.methods.base import Method
-from clrun.streams import ConfigError
 
 if TYPE_CHECKING:
     from clrun.learner import Learner

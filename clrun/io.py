@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -38,6 +40,38 @@ def atomic_write_text(path: Path | str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path | str, write: Callable[[BinaryIO], object]) -> None:
+    """``write(file)`` into a temp file beside ``path``, then os.replace: readers see the old file or the new."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def remove_temp_files(out_dir: Path | str) -> list[Path]:
+    """The temp files of writes a kill interrupted (``.R.csv.x1y2.tmp``, ``.checkpoint.pt.x1y2.tmp``)."""
+    found = [p for p in Path(out_dir).glob(".*.tmp") if p.is_file()]
+    for p in found:
+        p.unlink()
+    return found
+
+
+def png_ok(path: Path) -> bool:
+    """A PNG that ends with its IEND chunk: a file cut short by a kill does not."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return data.startswith(b"\x89PNG") and data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82")
 
 
 def atomic_write_csv(path: Path | str, frame: pd.DataFrame, index: bool = False) -> None:
@@ -77,35 +111,6 @@ def write_rows(out_dir: Path, name: str, rows: list[dict], columns: list[str]) -
 def read_rows(out_dir: Path, name: str) -> list[dict]:
     path = Path(out_dir) / name
     return pd.read_csv(path).to_dict("records") if path.exists() else []
-
-
-CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def save_checkpoint(out_dir: Path, state: dict) -> None:
-    """torch.save through a temp file and os.replace: a kill mid-write leaves the previous checkpoint."""
-    import torch
-
-    path = Path(out_dir) / CHECKPOINT_FILE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def load_checkpoint(out_dir: Path, device: str = "cpu") -> dict | None:
-    import torch
-
-    path = Path(out_dir) / CHECKPOINT_FILE
-    if not path.exists():
-        return None
-    return torch.load(path, map_location=device, weights_only=False)  # our own file: methods pickle their state
 
 
 def read_metrics(out_dir: Path) -> dict | None:

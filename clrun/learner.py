@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -10,8 +11,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from clrun.context import Context
+from clrun.errors import ConfigError
 from clrun.methods.base import Batch, Method, Step
-from clrun.streams import ConfigError, Scenario, Stream
+from clrun.streams import Scenario, Stream
 
 
 class Diverged(RuntimeError):
@@ -41,6 +43,7 @@ class Learner:
         on_nan: str = "stop",
         reset_optimizer: bool = True,
         check_step: bool = False,
+        skip_limit: float = 0.1,
     ):
         self.device = torch.device(device)
         self.stream = stream
@@ -67,6 +70,7 @@ class Learner:
         self.seed = seed
         self.stop_requested: str | None = None  # set by a signal handler; checked once per step
         self.on_nan = on_nan  # stop: raise Diverged at the epoch's end; skip: drop non-finite steps (syncs)
+        self.skip_limit = skip_limit  # on_nan=skip: a task whose skipped share exceeds this has diverged
         self.check_step = check_step  # verify each step's gradient against autograd of the logged loss (slow)
         self.ctx = Context(self, model.to(self.device), stream, self.scenario, self.device, seed, batch_size,
                            method.train_units)
@@ -222,7 +226,7 @@ class Learner:
         steps_per_epoch = -(-n // self.batch_size)
         total = 0 if n == 0 else iters if iters is not None else epochs * steps_per_epoch  # n=0: nothing to train
         tick = progress(total) if progress else None
-        rows, step, epoch = [], 0, 0
+        rows, step, epoch, skipped_in_task = [], 0, 0, 0
         single_task = bool((ids_all == task_id).all())  # once per task, not a host sync per step
         self.model.train()
         while step < total:
@@ -243,12 +247,13 @@ class Learner:
                 if self.on_nan == "skip":
                     snapshot = [p.detach().clone() for p in self.model.parameters()]
                 loss, logits = self.step(batch, phase)
-                if self.on_nan == "skip" and not bool(torch.isfinite(loss)):
+                if self.on_nan == "skip" and not bool(torch.isfinite(loss) & self._weights_finite()):
                     with torch.no_grad():  # undo the step; its moments may hold NaN too
                         for p, old in zip(self.model.parameters(), snapshot):
                             p.copy_(old)
                     self.optimizer.state.clear()
                     skipped += 1
+                    skipped_in_task += 1
                     step += 1
                     continue
                 if phase == "train":
@@ -263,17 +268,26 @@ class Learner:
                 epoch_steps += 1
                 if tick:
                     tick(1)
-            if self.on_nan == "stop" and not bool(torch.isfinite(loss_sum)):  # one host sync per epoch
-                raise Diverged(f"loss became non-finite in task {task_id + 1}, epoch {epoch + 1} (on_nan=stop); "
-                               "lower lr or lam")
-            row = {"task": task_id + 1, "epoch": epoch + 1, "steps": epoch_steps,
-                   "loss": float(loss_sum) / max(seen, 1), "train_acc": int(correct) / max(seen, 1),
+            if self.on_nan == "stop" and not bool(torch.isfinite(loss_sum) & self._weights_finite()):  # one sync
+                raise Diverged(f"loss or weights became non-finite in task {task_id + 1}, epoch {epoch + 1} "
+                               "(on_nan=stop); lower lr or lam")
+            row = {"task": task_id + 1, "epoch": epoch + 1, "steps": epoch_steps,  # no step kept: no loss to log
+                   "loss": float(loss_sum) / seen if seen else math.nan,
+                   "train_acc": int(correct) / seen if seen else math.nan,
                    "seconds": time.perf_counter() - t0, "skipped_steps": skipped}
             rows.append(row)
             if on_epoch:
                 on_epoch(row)
             epoch += 1
+        if self.on_nan == "skip" and total and skipped_in_task > self.skip_limit * total:
+            raise Diverged(f"{skipped_in_task} of {total} steps of task {task_id + 1} were skipped for a non-finite "
+                           f"loss or weights, more than skip_limit={self.skip_limit:g} of them (on_nan=skip); "
+                           "lower lr or lam")
         return rows
+
+    def _weights_finite(self) -> Tensor:
+        """A 0-d bool tensor, on the device: no host sync until the caller reads it."""
+        return torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
 
     def fit(self, task_id: int, epochs: int, loss_fn: Callable[[Tensor, Tensor], Tensor],
             parameters: list[nn.Parameter], lr: float, generator: torch.Generator, eval_mode: bool) -> None:

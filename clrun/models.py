@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from clrun.streams import ConfigError
+from clrun.errors import ConfigError
 
 
 class Backbone(nn.Module):

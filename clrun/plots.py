@@ -30,7 +30,7 @@ def _run_title(run_dir: Path) -> str:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    io.atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=120, format="png"))  # a kill mid-write leaves no half PNG
     plt.close(fig)
     return path
 

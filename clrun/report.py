@@ -270,6 +270,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
 class SweepSummary(Callback):
     """Hydra callback: when a multirun ends, summarise (and plot) its sweep directory."""
 
+    outcome: dict[str, int] | None = None  # the last sweep's job statuses, for the exit code of ``clrun -m``
+
     def __init__(self, plots: bool = True):
         self.plots = plots
 
@@ -279,6 +281,7 @@ class SweepSummary(Callback):
             return
         summary, _ = write_summaries(sweep_dir)
         counts = summary.status.value_counts().to_dict()
+        SweepSummary.outcome = {str(k): int(v) for k, v in counts.items()}
         print(f"clrun: sweep summary in {sweep_dir / SUMMARY_FILE}: {counts}")
         if self.plots and bool(config.get("plots", True)):
             from clrun import plots

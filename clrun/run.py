@@ -9,9 +9,11 @@ import math
 import os
 import random
 import resource
+import shutil
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +23,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from clrun import checkpoint as ckpt
 from clrun import io
-from clrun.data import DatasetError
 from clrun.diagnostics import Diagnostics
+from clrun.errors import ClrunError, ConfigError, ResumeMismatch
 from clrun.learner import Diverged, Interrupted, Learner
 from clrun.metrics import all_metrics
-from clrun.streams import ConfigError, Scenario
+from clrun.streams import Scenario
 
 log = logging.getLogger("clrun")
 
@@ -36,8 +39,11 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
         raise ConfigError(f"device={name!r} is not allowed; use auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} is not available: this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s); use device=auto, device=cpu or an index below that")
     return torch.device(name)
 
 
@@ -47,19 +53,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _number(cfg: DictConfig, key: str, kind: type, low: float, allow_none: bool = False, strict: bool = False):
+MAX_THREADS_PER_CORE = 4
+BOOLEAN_KEYS = ("quiet", "plots", "checkpoint", "resume", "deterministic", "reset_optimizer", "check_step",
+                "data.download", "data.normalize")
+
+
+def _number(cfg: DictConfig, key: str, kind: type, low: float, allow_none: bool = False, strict: bool = False,
+            prefix: str = ""):
     value = OmegaConf.select(cfg, key)
     if value is None and allow_none:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and kind is int:
         ok = float(value).is_integer()
     if ok:
         ok = value > low if strict else value >= low
     if not ok:
-        what = "an integer" if kind is int else "a number"
+        what = "an integer" if kind is int else "a finite number"
         bound = f"> {low:g}" if strict else f">= {low:g}"
-        raise ConfigError(f"{key}={value!r} is not allowed: use {what} {bound}")
+        raise ConfigError(f"{prefix}{key}={value!r} is not allowed: use {what} {bound}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -73,6 +85,17 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "batch_size", int, 1)
     _number(cfg, "eval_batch_size", int, 1)
     _number(cfg, "threads", int, 1, allow_none=True)
+    _number(cfg, "skip_limit", float, 0)
+    if not OmegaConf.select(cfg, "skip_limit", default=0) <= 1:
+        raise ConfigError(f"skip_limit={OmegaConf.select(cfg, 'skip_limit')!r} is not allowed: use a share in [0, 1]")
+    threads, cores = OmegaConf.select(cfg, "threads"), os.cpu_count() or 1
+    if threads is not None and threads > MAX_THREADS_PER_CORE * cores:
+        raise ConfigError(f"threads={threads} is not allowed on this machine's {cores} cores: use at most "
+                          f"{MAX_THREADS_PER_CORE * cores} (threads beyond the cores only slow torch down)")
+    for key in BOOLEAN_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, bool):  # Hydra reads `no`, `maybe` or `1` as a string or number: refuse them
+            raise ConfigError(f"{key}={value!r} is not allowed: use true or false")
     if OmegaConf.select(cfg, "on_nan") not in ("stop", "skip"):
         raise ConfigError(f"on_nan={OmegaConf.select(cfg, 'on_nan')!r} is not allowed; use stop or skip")
     root = OmegaConf.select(cfg, "data.root")
@@ -80,22 +103,115 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.root={root} is not a directory")
 
 
-def build(node: DictConfig, **kwargs):
-    """``hydra.utils.instantiate``, surfacing our own configuration/dataset errors unwrapped."""
+def check_output_dir(out_dir: Path) -> None:
+    """The run directory exists (or can be made) and can be written, before anything else happens."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"the run directory {out_dir} is a file; choose a directory (hydra.run.dir=...)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"the run directory {out_dir} cannot be created: {err.strerror or err}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"the run directory {out_dir} is not writable; choose another (hydra.run.dir=...)")
+
+
+def _check_stack(method, regularizers: list) -> None:
+    names = [m.name for m in (method, *regularizers)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"regularizers: {', '.join(twice)} is given twice (as method= and in +regularizers, or "
+                          "twice in +regularizers); each method may appear once")
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new allocation: GPU memory on CUDA, else the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(method, stream, scenario: Scenario, device: torch.device) -> None:
+    """A replay memory that cannot fit is refused before it is allocated (buffer=1e9 would ask for 256 GB)."""
+    size = getattr(method, "buffer_size", None)
+    if not size:
+        return
+    per_sample = 4 * (math.prod(stream.in_shape) + scenario.n_outputs) + 3 * 8  # inputs, logits, label/task/key
+    need, free = int(size) * per_sample, _available_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(f"buffer={size} needs about {need / 2**30:.1f} GiB for its samples of shape "
+                          f"{tuple(stream.in_shape)}, but {free / 2**30:.1f} GiB is available on {device}; use a "
+                          "smaller buffer")
+
+
+def _check_optimizer(cfg: DictConfig, factory, model: torch.nn.Module) -> None:
+    """Optimiser settings checked by building the optimiser once, before training, not at task 1."""
+    node = cfg.optimizer
+    name = str(OmegaConf.select(node, "_target_", default="")).rsplit(".", 1)[-1]
+    for key, low, strict in (("lr", 0, True), ("momentum", 0, False), ("weight_decay", 0, False),
+                             ("dampening", 0, False), ("eps", 0, True)):
+        if key in node:
+            _number(node, key, float, low, strict=strict, prefix="optimizer.")
+    if "betas" in node:
+        betas = OmegaConf.to_container(node.betas) if OmegaConf.is_list(node.betas) else node.betas
+        if not (isinstance(betas, list) and len(betas) == 2
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise ConfigError(f"optimizer.betas={betas!r} is not allowed: use two numbers in [0, 1)")
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"optimizer={name} refuses its settings: {' '.join(str(err).split())}") from None
+
+
+def _check_disk(out_dir: Path, learner: Learner, resuming: bool) -> None:
+    """Room for a checkpoint (model, a copy per method snapshot, replay memory) before the first task."""
+    params = sum(p.numel() * p.element_size() for p in learner.model.parameters())
+    buffered = sum(getattr(m, "buffer_size", 0) or 0 for m in learner.methods)
+    per_sample = 4 * (math.prod(learner.stream.in_shape) + learner.scenario.n_outputs) + 24
+    need = 4 * params + buffered * per_sample + 2**20  # the temp file and the old one coexist a moment
+    free = shutil.disk_usage(out_dir).free
+    if need > free:
+        raise ConfigError(f"{out_dir} has {free / 2**20:.0f} MiB free, a checkpoint needs about "
+                          f"{need / 2**20:.0f} MiB; free space, or run with checkpoint=false")
+
+
+def _redraw_missing_plots(out_dir: Path) -> None:
+    """A completed run whose plot is missing or cut short (killed while plotting) gets it drawn again."""
+    if all(io.png_ok(out_dir / name) for name in ("R.png", "task_curves.png")):
+        return
+    from clrun import plots
+
+    plots.plot_dir(out_dir)
+
+
+def build(node: DictConfig, key: str = "", **kwargs):
+    """``hydra.utils.instantiate``, its errors as one line naming the config group (``key``): our own
+    configuration/dataset errors unwrapped, a class that cannot be imported or a setting it does not take
+    named."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
-        if isinstance(cause, (ConfigError, DatasetError)):
+        if isinstance(cause, ClrunError):
             raise cause from None
+        target = OmegaConf.select(node, "_target_")
+        root = err
+        while root.__cause__ is not None:
+            root = root.__cause__
+        why = " ".join(f"{type(root).__name__}: {root}".split())
         if "Error locating target" in str(err):  # a user's class that cannot be imported: say which and why
-            key, root = OmegaConf.select(node, "_target_"), err
-            while root.__cause__ is not None:
-                root = root.__cause__
-            why = " ".join(f"{type(root).__name__}: {root}".split())
-            raise ConfigError(f"_target_={key} cannot be imported ({why}); run clrun from the directory that holds "
-                              "its package, or install the package") from None
-        raise
+            raise ConfigError(f"_target_={target} cannot be imported ({why}); run clrun from the directory that "
+                              "holds its package, or install the package") from None
+        raise ConfigError(f"{key or 'config'}: {target} refuses its settings ({why[:300]})") from None
 
 
 def _peak_rss_mb() -> float:
@@ -110,31 +226,38 @@ def device_label(device: torch.device) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+def run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | None = None) -> dict:
     """Run the experiment described by ``cfg`` (a composed clrun config) and write its CSVs to ``out_dir``.
 
     Returns the metrics row. Works without Hydra globals, so tests and notebooks can call it directly.
     With ``resume=true`` a run continues after the last task checkpointed in ``out_dir``; a run already
-    completed there is not redone."""
+    completed there is not redone. ``job_files`` (name -> text, e.g. Hydra's ``.hydra/overrides.yaml``) are
+    written into ``out_dir`` once every setting has been checked: a command that is refused changes no file."""
     try:
-        return _run(cfg, out_dir)
+        return _run(cfg, out_dir, job_files)
     finally:
         # learner <-> method references form cycles: without a collection here a sweep's next job builds its
         # stream while the last one's is still alive (R-MNIST: 5 GB a stream, peak RSS 10 GB from job 2 on)
         gc.collect()
 
 
-def _run(cfg: DictConfig, out_dir: str | Path) -> dict:
+def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | None) -> dict:
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir)
     validate(cfg)
     if cfg.resume:
+        ckpt.check_same_run(out_dir, cfg)
         done = io.read_metrics(out_dir)
         if done is not None and done.get("status") == "completed":
             log.info("%s already holds a completed run; nothing to do", out_dir)
+            if cfg.plots:
+                _redraw_missing_plots(out_dir)
             return done
-    io.atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    elif (out_dir / io.METRICS_FILE).exists() or (out_dir / ckpt.CHECKPOINT_FILE).exists():
+        status = (io.read_metrics(out_dir) or {}).get("status", "unknown")
+        raise ConfigError(f"{out_dir} already holds a run (status {status}); continue it with resume=true (clrun "
+                          "--resume DIR), or give the new run another directory (hydra.run.dir=...)")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = pick_device(str(cfg.device))
@@ -144,19 +267,42 @@ def _run(cfg: DictConfig, out_dir: str | Path) -> dict:
         torch.backends.cudnn.benchmark = False
     seed_everything(int(cfg.seed))
 
-    method = build(cfg.method)  # method settings are checked before any data is loaded
-    regularizers = [build(c) for c in (cfg.regularizers or {}).values()]
+    method = build(cfg.method, "method")  # method settings are checked before any data is loaded
+    regularizers = [build(c, f"regularizers.{k}") for k, c in (cfg.regularizers or {}).items()]
+    _check_stack(method, regularizers)
     diagnostics = Diagnostics(out_dir, **OmegaConf.to_container(cfg.get("diagnostics") or {}))
-    stream = build(cfg.benchmark, data_root=cfg.data.root, download=cfg.data.download,
+    stream = build(cfg.benchmark, "benchmark", data_root=cfg.data.root, download=cfg.data.download,
                    normalize=bool(OmegaConf.select(cfg, "data.normalize", default=True)))
     scenario = Scenario(str(cfg.scenario.name), stream, str(cfg.scenario.get("train_units", "seen")))
+    before = io.read_metrics(out_dir) if cfg.resume else None
+    if before is not None and str(before.get("data_source")) not in (stream.data_source, "nan"):
+        raise ResumeMismatch(f"resume: {out_dir} was run on data_source={before['data_source']}, this machine gives "
+                             f"{stream.data_source}; point data.root (or CLRUN_DATA) at the same data")
+    _check_memory(method, stream, scenario, device)
     stream.to(device)
     T = len(stream)
-    model = build(cfg.model, in_shape=stream.in_shape, n_outputs=scenario.n_outputs)
-    learner = Learner(model, stream, scenario, method, regularizers, build(cfg.optimizer), device,
+    model = build(cfg.model, "model", in_shape=stream.in_shape, n_outputs=scenario.n_outputs)
+    optimizer_factory = build(cfg.optimizer, "optimizer")
+    _check_optimizer(cfg, optimizer_factory, model)
+    learner = Learner(model, stream, scenario, method, regularizers, optimizer_factory, device,
                       int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed), str(cfg.on_nan),
                       bool(OmegaConf.select(cfg, "reset_optimizer", default=True)),
-                      check_step=bool(OmegaConf.select(cfg, "check_step", default=False)))
+                      check_step=bool(OmegaConf.select(cfg, "check_step", default=False)),
+                      skip_limit=float(OmegaConf.select(cfg, "skip_limit", default=0.1)))
+    ident = ckpt.identity(cfg)
+    state = None
+    if cfg.resume:
+        state = ckpt.load(out_dir, ident, ckpt.run_modules(method, *regularizers, model), str(device))
+    if cfg.checkpoint:
+        _check_disk(out_dir, learner, state is not None)
+
+    # everything is checked: only now may the run's files change
+    io.remove_temp_files(out_dir)
+    if not (cfg.resume and (out_dir / "config.yaml").exists()):  # a resume keeps the record of what was run
+        for name, text in (job_files or {}).items():
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            io.atomic_write_text(out_dir / name, text)
+        io.atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     if diagnostics.enabled:
         diagnostics.bind(learner)
@@ -171,18 +317,17 @@ def _run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "seed": int(cfg.seed), "n_tasks": T, "data_source": stream.data_source, "eval_split": stream.eval_split,
         "device": device_label(device),
     }
-    clock = {"train": 0.0, "eval": 0.0}
+    clock = {"train": 0.0, "eval": 0.0, "wall": 0.0}
     start_task = 0
 
     def metrics_row(status: str, tasks_done: int) -> dict:
         done = all_metrics(R) if tasks_done == T else dict.fromkeys(
             ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy"], math.nan)
         return {**base_row, "status": status, "tasks_done": tasks_done, **done,
-                "wall_seconds": time.perf_counter() - t_start, "train_seconds": clock["train"],
+                "wall_seconds": clock["wall"] + time.perf_counter() - t_start, "train_seconds": clock["train"],
                 "eval_seconds": clock["eval"], "peak_rss_mb": _peak_rss_mb(), "parameters": learner.n_parameters(),
                 "buffer_bytes": math.nan, **{k: v for m in learner.methods for k, v in m.extra_metrics().items()}}
 
-    state = io.load_checkpoint(out_dir, str(device)) if cfg.resume else None
     if state is not None:
         start_task = _restore(state, learner, R, log_rows, clock)
         if diagnostics.enabled:
@@ -192,7 +337,14 @@ def _run(cfg: DictConfig, out_dir: str | Path) -> dict:
         t0 = time.perf_counter()
         R[0] = learner.evaluate_all(-1)
         clock["eval"] += time.perf_counter() - t0
+        io.write_R(out_dir, R)  # the untrained model's row survives a run that stops in its first task
     row = metrics_row("running", start_task)
+    io.write_metrics(out_dir, row)
+
+    def snapshot(tasks_done: int) -> dict:
+        wall = {**clock, "wall": clock["wall"] + time.perf_counter() - t_start}  # wall time adds up across resumes
+        return _snapshot(learner, R, log_rows, wall, tasks_done)
+
     with _stop_on_signals(learner):
         try:
             for t in range(start_task, T):
@@ -209,7 +361,7 @@ def _run(cfg: DictConfig, out_dir: str | Path) -> dict:
                 R[t + 1] = learner.evaluate_all(t)
                 clock["eval"] += time.perf_counter() - t0
                 if cfg.checkpoint:  # before the CSVs: a run whose CSVs say task t is done can resume from t
-                    io.save_checkpoint(out_dir, _snapshot(learner, R, log_rows, clock, t + 1))
+                    ckpt.save(out_dir, snapshot(t + 1), ident)
                 io.write_R(out_dir, R)
                 io.write_log(out_dir, log_rows)
                 row = metrics_row("completed" if t == T - 1 else "running", t + 1)
@@ -222,6 +374,9 @@ def _run(cfg: DictConfig, out_dir: str | Path) -> dict:
             hint = "; resume with resume=true in this output directory" if status == "interrupted" else ""
             log.error("%s%s", err, hint)
             row = _stopped(out_dir, metrics_row(status, row["tasks_done"]), str(err), log_rows)
+        except OSError as err:  # a full disk or a directory gone read-only: say so in one line
+            raise ConfigError(f"cannot write the run's files in {out_dir}: {err.strerror or err}; free space or "
+                              "fix permissions, then resume with resume=true") from err
         except Exception as err:
             _stopped(out_dir, metrics_row("failed", row["tasks_done"]), f"{type(err).__name__}: {err}", log_rows)
             raise
@@ -271,6 +426,31 @@ def _restore(state: dict, learner: Learner, R: np.ndarray, log_rows: list[dict],
     return int(state["tasks_done"])
 
 
+_stop: dict[str, str | None] = {"signal": None}
+_active_learners: list[Learner] = []
+
+
+def stop_signal() -> str | None:
+    """The signal (SIGINT/SIGTERM) that asked this process to stop, if one did."""
+    return _stop["signal"]
+
+
+def request_stop(signum: int, frame=None) -> None:
+    """The handler of SIGINT/SIGTERM: the running learner stops at its next step and writes what it has; in a
+    sweep, the jobs not yet started are not started. Repeated signals change nothing: no traceback, no lost
+    summary."""
+    _stop["signal"] = signal.Signals(signum).name
+    for learner in _active_learners:
+        learner.stop_requested = _stop["signal"]
+
+
+def handle_stop_signals() -> None:
+    """Install :func:`request_stop` for the whole process (a sweep: also between its jobs)."""
+    if threading.current_thread() is threading.main_thread():  # signals can only be set there
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, request_stop)
+
+
 class _stop_on_signals:
     """SIGINT/SIGTERM ask the learner to stop at the next step; the run then writes what it has."""
 
@@ -278,18 +458,34 @@ class _stop_on_signals:
         self.learner = learner
         self.previous: dict = {}
 
-    def _handler(self, signum, frame) -> None:
-        self.learner.stop_requested = signal.Signals(signum).name
-
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signals can only be set there
+        _active_learners.append(self.learner)
+        if _stop["signal"]:
+            self.learner.stop_requested = _stop["signal"]
+        if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handler)
+                self.previous[sig] = signal.signal(sig, request_stop)
         return self
 
     def __exit__(self, *exc) -> None:
+        _active_learners.remove(self.learner)
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def record_not_started(cfg: DictConfig, out_dir: Path, error: str, job_files: Mapping[str, str] | None = None,
+                       status: str = "interrupted") -> None:
+    """metrics.csv (and the job's overrides) for a sweep job that never trained, so its summary lists it."""
+    out_dir = Path(out_dir)
+    if (out_dir / io.METRICS_FILE).exists() or not out_dir.is_dir():
+        return  # another run's files are never replaced
+    for name, text in (job_files or {}).items():
+        if name.endswith("overrides.yaml") and not (out_dir / name).exists():
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            io.atomic_write_text(out_dir / name, text)
+    target = str(OmegaConf.select(cfg, "method._target_", default=""))
+    io.write_metrics(out_dir, {"method": target.rsplit(".", 1)[-1].lower(), "seed": cfg.get("seed"),
+                               "status": status, "tasks_done": 0, "error": error})
 
 
 def _progress_bar(desc: str, quiet: bool, bars: list):

@@ -19,12 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from clrun import data as datamod
+from clrun.errors import ConfigError
 
 SCENARIOS = ("task_il", "domain_il", "class_il")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key, the value and what is allowed."""
 
 
 @dataclass

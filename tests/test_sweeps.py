@@ -21,9 +21,11 @@ def test_multirun_writes_per_job_csvs_and_one_summary(tmp_path):
     proc, sweep = _sweep(tmp_path, "method=naive,ewc", "seed=0,1", "benchmark.n_tasks=2")
     assert proc.returncode == 0, proc.stderr
     assert (sweep / "multirun.yaml").exists()
-    for i in range(4):
-        for f in ("R.csv", "metrics.csv", "log.csv"):
-            assert (sweep / str(i) / f).exists()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["method=ewc,seed=0", "method=ewc,seed=1", "method=naive,seed=0", "method=naive,seed=1"]
+    for job in jobs:
+        for f in ("R.csv", "metrics.csv", "log.csv", ".hydra/overrides.yaml"):
+            assert (sweep / job / f).exists()
     summary = pd.read_csv(sweep / "summary.csv")
     assert len(summary) == 4 and (summary.status == "completed").all()
     assert {"overrides", "ACC", "forgetting", "BWT", "FWT", "wall_seconds"} <= set(summary.columns)
@@ -36,7 +38,8 @@ def test_multirun_writes_per_job_csvs_and_one_summary(tmp_path):
 def test_a_failing_job_is_recorded_and_the_others_still_run(tmp_path):
     # n_tasks=3 cannot split 10 classes: that one job fails, the sweep goes on
     proc, sweep = _sweep(tmp_path, "benchmark.n_tasks=1,2,5,3")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # the sweep says that not every job completed
+    assert "not every job completed: {'refused': 1}" in proc.stderr
     summary = pd.read_csv(sweep / "summary.csv")
     assert len(summary) == 4
     assert (summary.status == "completed").sum() == 3

@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from clrun.streams import SCENARIOS, ConfigError
+from clrun.errors import ConfigError
+from clrun.streams import SCENARIOS
 
 if TYPE_CHECKING:
     from clrun.context import Context
@@ -156,7 +157,7 @@ class Method:
     # ---- checkpoints
     def state_dict(self) -> dict:
         """Everything the method has learnt (importances, snapshots, buffers, masks): its attributes but the
-        context. Tensors are moved to the CPU by torch.save's caller-independent pickling."""
+        context, encoded by :mod:`clrun.checkpoint` into tensors and plain containers."""
         return {k: v for k, v in self.__dict__.items() if k != "ctx"}
 
     def load_state_dict(self, state: dict) -> None:
