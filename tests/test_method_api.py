@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from clrun.app import user_search_path
+from clrun.checks import build
 from clrun.learner import Learner
 from clrun.methods.base import Batch, Step
 from clrun.methods.ewc import EWC
@@ -18,7 +19,7 @@ from clrun.methods.icarl import ICaRL
 from clrun.methods.lwf import LwF
 from clrun.methods.naive import Naive
 from clrun.models import MLP
-from clrun.run import build, run
+from clrun.run import run
 from clrun.streams import ConfigError, Scenario, split
 from tests.conftest import FAST, REPO, clrun_cmd, make_cfg
 

@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from clrun.app import CONF_DIR
+from clrun.checks import build
 from clrun.methods.base import Method
 from clrun.report import collect, compare_paper, holm, markdown_table, report_main, welch_test
-from clrun.run import build, run
+from clrun.run import run
 from tests.conftest import clrun_cmd, make_cfg
 
 PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))

@@ -472,9 +472,9 @@ def test_a_full_disk_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_an_unwritable_run_directory_is_refused_before_anything_else(tmp_path, monkeypatch):
-    from clrun import run as run_mod
+    from clrun import checks
 
-    monkeypatch.setattr(run_mod.os, "access", lambda path, mode: False)  # as a non-root user sees a 0o500 dir
+    monkeypatch.setattr(checks.os, "access", lambda path, mode: False)  # as a non-root user sees a 0o500 dir
     with pytest.raises(ConfigError, match="is not writable"):
         run(make_cfg(*FAST), tmp_path / "ro")
     a_file = tmp_path / "file"
