@@ -91,7 +91,9 @@ def _record_failure(cfg: DictConfig, out_dir: Path, err: BaseException, job_file
 def job_dir_name(override_dirname: str) -> str:
     """A sweep job's directory, named by its overrides (``lam=10,seed=1``) rather than its index: a sweep
     resumed with a changed grid finds each job's own directory, and never another job's."""
-    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", override_dirname) or "job"  # a sweep of one job
+    if not override_dirname:
+        return "job"  # a sweep of one job
+    name = re.sub(r"[^A-Za-z0-9._=,+-]", "_", override_dirname)
     if name != override_dirname or len(name) > 120:  # the original text, kept apart by its hash
         name = f"{name[:100]}-{hashlib.sha1(override_dirname.encode()).hexdigest()[:8]}"
     return name

@@ -508,3 +508,22 @@ def test_method_state_round_trips_through_the_safe_format_and_code_is_refused():
         checkpoint.encode({"hook": lambda: 0})
     with pytest.raises(CheckpointError, match="refusing to load it"):
         checkpoint.decode({"__object__": "os:_wrap_close", "state": {}}, frozenset())
+
+
+def test_sweep_job_directories_are_named_by_their_overrides():
+    from clrun.app import job_dir_name
+
+    assert job_dir_name("lam=10,seed=1") == "lam=10,seed=1"
+    assert job_dir_name("") == "job"
+    a, b = job_dir_name("model.hidden=[64]"), job_dir_name("model.hidden=(64)")
+    assert a != b and "/" not in job_dir_name("data.root=/a/b") and "[" not in a
+    assert len(job_dir_name("lam=" + "1" * 300)) <= 120
+
+
+def test_resume_refuses_other_data_than_the_run_had(tmp_path):
+    part = _partial_run(tmp_path)
+    metrics = pd.read_csv(part / "metrics.csv")
+    metrics.loc[0, "data_source"] = "embedded-5k"  # as if the run had started without the full data
+    metrics.to_csv(part / "metrics.csv", index=False)
+    with pytest.raises(ResumeMismatch, match="data_source=embedded-5k"):
+        run(make_cfg(*FAST, "benchmark.n_tasks=5", "resume=true"), part)
