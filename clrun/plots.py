@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from clrun import io  # noqa: E402
-from clrun.report import BY_CONFIG_FILE, write_summaries  # noqa: E402
+from clrun.report import BY_CONFIG_FILE, OVERRIDE_PREFIX, STATUS_COUNTS, varying, write_summaries  # noqa: E402
 
 
 def _run_title(run_dir: Path) -> str:
@@ -149,56 +149,91 @@ def plot_spectrum(run_dir: str | Path) -> Path:
     return _save(fig, run_dir / "spectrum.png")
 
 
-def _label(row: pd.Series) -> str:
-    parts = [str(row["method"])]
-    if isinstance(row.get("regularizers"), str) and row["regularizers"]:
-        parts[0] += "+" + row["regularizers"]
-    for k in ("lam", "buffer"):
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def _label(row: pd.Series, keys: list[str]) -> str:
+    """``method=er scenario=class_il buffer=200``: the settings that vary among the configurations plotted."""
+    parts = []
+    for k in keys or ["method"]:
         v = row.get(k)
-        if v not in ("", None) and not (isinstance(v, float) and np.isnan(v)):
-            parts.append(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}")
-    return " ".join(parts)
+        if v in ("", None) or (isinstance(v, float) and np.isnan(v)):
+            continue
+        parts.append(f"{k.removeprefix(OVERRIDE_PREFIX)}={_value(v)}")
+    return " ".join(parts) or str(row.get("method", ""))
+
+
+def _not_completed(row: pd.Series) -> str:
+    """``2 diverged, 1 failed``: the runs of a configuration missing from its mean."""
+    return ", ".join(f"{int(row[c])} {c.removeprefix('n_')}" for c in STATUS_COUNTS
+                     if c != "n_completed" and c in row and row[c] > 0)
 
 
 def plot_vs(by_cfg: pd.DataFrame, key: str, out: Path, metrics: tuple[str, ...], log_x: bool) -> Path:
-    """Metric(s) against ``key`` (lam or buffer), one line per method, 95% CI as error bars."""
+    return _save(figure_vs(by_cfg, key, metrics, log_x), out)
+
+
+def figure_vs(by_cfg: pd.DataFrame, key: str, metrics: tuple[str, ...], log_x: bool):
+    """Metric(s) against ``key`` (lam or buffer), one line per configuration of the other varied settings,
+    95% CI as error bars where a point pools two or more seeds."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
-    data = by_cfg[pd.to_numeric(by_cfg[key], errors="coerce").notna()].copy()
+    data = by_cfg[pd.to_numeric(by_cfg[key], errors="coerce").notna() & (by_cfg["n"] > 0)].copy()
     data[key] = pd.to_numeric(data[key])
+    lines = [k for k in varying(by_cfg) if k not in (key, OVERRIDE_PREFIX + key)] or ["method"]
     for ax, metric in zip(axes[0], metrics):
-        for method, grp in data.groupby("method"):
+        for _, grp in data.groupby(lines, sort=True):
             grp = grp.sort_values(key)
-            mean, ci = grp[f"{metric}_mean"], grp[f"{metric}_ci95"].fillna(0)
+            mean, ci = grp[f"{metric}_mean"], grp[f"{metric}_ci95"].where(grp["n"] >= 2, 0).fillna(0)
             if metric in ("ACC", "forgetting"):  # an interval past [0, 1] says nothing more; keep the axis readable
                 yerr = [np.minimum(ci, mean - min(0.0, mean.min())), np.minimum(ci, 1.0 - mean)]
             else:
                 yerr = ci
-            ax.errorbar(grp[key], mean, yerr=yerr, marker="o", capsize=3, label=str(method), alpha=0.85)
+            n = "/".join(sorted({str(int(v)) for v in grp["n"]}))
+            ax.errorbar(grp[key], mean, yerr=yerr, marker="o", capsize=3, alpha=0.85,
+                        label=f"{_label(grp.iloc[0], lines)} (n={n})")
         if log_x:
             ax.set_xscale("log")
         ax.set_xlabel(key + (" (log scale)" if log_x else " (samples)"))
-        ax.set_ylabel(metric)
+        ax.set_ylabel(f"{metric} (mean over seeds; 95% CI where n >= 2)")
         ax.set_title(f"{metric} vs {key}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, out)
+    return fig
 
 
 def plot_methods(by_cfg: pd.DataFrame, out: Path) -> Path:
-    """Mean ACC and forgetting per configuration, 95% CI error bars."""
-    labels = [_label(r) for _, r in by_cfg.iterrows()]
+    return _save(figure_methods(by_cfg), out)
+
+
+def figure_methods(by_cfg: pd.DataFrame):
+    """Mean ACC and forgetting per configuration, labelled by the settings that vary, with n; 95% CI error
+    bars where n >= 2; a configuration whose runs did not all complete is marked, and kept when none did."""
+    keys = varying(by_cfg)
+    labels = []
+    for _, r in by_cfg.iterrows():
+        missing = _not_completed(r)
+        labels.append(f"{_label(r, keys)} (n={int(r['n'])}{'; ' + missing if missing else ''})")
     y = np.arange(len(labels))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(labels) + 1.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(labels) + 1.8), sharey=True)
     for ax, metric, color in zip(axes, ("ACC", "forgetting"), ("tab:blue", "tab:red")):
-        ax.barh(y, by_cfg[f"{metric}_mean"], xerr=by_cfg[f"{metric}_ci95"].fillna(0), color=color, alpha=0.75,
-                capsize=3)
-        ax.set_xlabel(f"{metric} (mean over seeds, 95% CI)")
-        ax.set_xlim(min(0.0, float(by_cfg[f"{metric}_mean"].min()) - 0.05), 1.0)  # CI beyond [0, 1] is clipped
+        mean = by_cfg[f"{metric}_mean"]
+        ci = by_cfg[f"{metric}_ci95"].where(by_cfg["n"] >= 2).fillna(0)
+        ax.barh(y, mean.fillna(0), xerr=ci, color=color, alpha=0.75, capsize=3)
+        for i in np.flatnonzero(mean.isna().to_numpy()):
+            ax.text(0.01, y[i], "no completed run", va="center", fontsize=8, color="black")
+        ax.set_xlabel(f"{metric} (mean over seeds; 95% CI where n >= 2)")
+        low = float(mean.min()) if mean.notna().any() else 0.0
+        ax.set_xlim(min(0.0, low - 0.05), 1.0)  # CI beyond [0, 1] is clipped
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, labels, fontsize=8)
+    for tick, (_, r) in zip(axes[0].get_yticklabels(), by_cfg.iterrows()):
+        if _not_completed(r):
+            tick.set_color("tab:red")
     axes[0].invert_yaxis()
-    fig.suptitle("Method comparison")
-    return _save(fig, out)
+    sources = sorted({str(v) for v in by_cfg.get("data_source", pd.Series(dtype=str)) if str(v) not in ("", "nan")})
+    fig.suptitle("Method comparison" + (f" (data: {', '.join(sources)})" if sources else ""))
+    return fig
 
 
 def plot_dir(path: str | Path) -> list[Path]:
@@ -226,7 +261,7 @@ def plot_dir(path: str | Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="clrun-plot", description="Plot a run or sweep directory from its CSVs.")
-    p.add_argument("dirs", nargs="+")
+    p.add_argument("dirs", nargs="+", help="run or sweep directories; each gets the plots its CSVs allow")
     a = p.parse_args(argv)
     for d in a.dirs:
         if not Path(d).is_dir():

@@ -24,7 +24,13 @@ COMPARE_FILE = "compare_paper.csv"
 METRICS = ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy", "wall_seconds", "train_seconds", "peak_rss_mb",
            "parameters", "buffer_bytes"]
 # what identifies a configuration when seeds are pooled
-CONFIG_KEYS = ["benchmark", "scenario", "method", "regularizers", "lam", "buffer", "n_tasks", "overrides_no_seed"]
+CONFIG_KEYS = ["benchmark", "scenario", "method", "regularizers", "lam", "buffer", "n_tasks", "data_source",
+               "overrides_no_seed"]
+NOT_SETTINGS = ("quiet", "plots", "resume")  # overrides that change no result: not a configuration's column
+OVERRIDE_PREFIX = "ov:"  # summary columns holding each override's value, e.g. ov:method.fisher
+# by-configuration run counts, each over the statuses it names
+STATUS_COUNTS = {"n_completed": ("completed",), "n_failed": ("failed", "refused"), "n_diverged": ("diverged",),
+                 "n_interrupted": ("interrupted", "incomplete", "missing")}
 
 
 def _job_dirs(root: Path) -> list[Path]:
@@ -40,6 +46,17 @@ def _overrides(job: Path) -> list[str]:
     return [str(o) for o in (yaml.safe_load(f.read_text()) or [])]
 
 
+def _override_values(overrides: list[str]) -> dict[str, str]:
+    """``{"lr": "0.1", "method.fisher": "true"}`` from a job's overrides (seeds left out: they are pooled)."""
+    out = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key and not key.endswith("seed") and not key.startswith("hydra") and key not in NOT_SETTINGS:
+            out[key] = value
+    return out
+
+
 def collect(*roots: str | Path) -> pd.DataFrame:
     """One row per job found below ``roots``: its overrides, status and every metric."""
     rows: list[dict[str, Any]] = []
@@ -49,7 +66,8 @@ def collect(*roots: str | Path) -> pd.DataFrame:
         for job in _job_dirs(root):
             ov = _overrides(job)
             base = {"job_dir": str(job), "overrides": " ".join(ov),
-                    "overrides_no_seed": " ".join(o for o in ov if not o.split("=")[0].lstrip("+~").endswith("seed"))}
+                    "overrides_no_seed": " ".join(o for o in ov if not o.split("=")[0].lstrip("+~").endswith("seed")),
+                    **{OVERRIDE_PREFIX + k: v for k, v in _override_values(ov).items()}}
             metrics = job / io.METRICS_FILE
             if metrics.exists():
                 m = pd.read_csv(metrics).iloc[0].to_dict()
@@ -76,25 +94,62 @@ def ci95(values: pd.Series) -> float:
     return float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
 
 
+def config_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns that identify a configuration: the stream, scenario and method columns of metrics.csv, the
+    data source, and every override (``ov:<key>``), seeds excepted."""
+    ovs = sorted(c for c in frame.columns if c.startswith(OVERRIDE_PREFIX))
+    return [k for k in CONFIG_KEYS if k in frame.columns] + ovs
+
+
+def varying(frame: pd.DataFrame) -> list[str]:
+    """The configuration columns whose values differ among ``frame``'s rows: what a sweep varied. An override
+    that repeats a metrics column (``scenario=class_il`` and the scenario column) is shown once."""
+    keys = [k for k in config_columns(frame) if k != "overrides_no_seed"
+            and frame[k].map(lambda v: "" if pd.isna(v) else str(v)).nunique() > 1]
+    return [k for k in keys if not (k.startswith(OVERRIDE_PREFIX) and k[len(OVERRIDE_PREFIX):] in keys)]
+
+
 def by_config(summary: pd.DataFrame) -> pd.DataFrame:
-    """Completed jobs grouped by configuration (seeds pooled): mean, std, ci95 and n of each metric."""
-    done = summary[summary.status == "completed"].copy()
-    keys = [k for k in CONFIG_KEYS if k in done.columns]
-    if done.empty:
-        return pd.DataFrame(columns=keys + ["n"])
+    """Jobs grouped by configuration (seeds pooled): how many completed, failed, diverged or were interrupted,
+    and the mean, std, ci95 of each metric over the completed ones (n). A configuration none of whose runs
+    completed keeps its row, its metrics empty."""
+    keys = config_columns(summary)
+    if summary.empty:
+        return pd.DataFrame(columns=keys + ["n", *STATUS_COUNTS])
+    frame = summary.copy()
     for k in keys:
-        done[k] = done[k].astype(object).where(done[k].notna(), "")  # NaN keys would drop out of groupby
-    metrics = [m for m in METRICS if m in done.columns]
+        frame[k] = frame[k].astype(object).where(frame[k].notna(), "")  # NaN keys would drop out of groupby
+    metrics = [m for m in METRICS if m in frame.columns]
     out = []
-    for key, grp in done.groupby(keys, sort=True):
+    for key, grp in frame.groupby(keys, sort=True):
         row = dict(zip(keys, key))
-        row["n"] = len(grp)
+        done = grp[grp.status == "completed"]
+        row["n"] = len(done)
+        for column, statuses in STATUS_COUNTS.items():
+            row[column] = int(grp.status.isin(statuses).sum())
         for m in metrics:
-            row[f"{m}_mean"] = grp[m].mean()
-            row[f"{m}_std"] = grp[m].std(ddof=1) if len(grp) > 1 else math.nan
-            row[f"{m}_ci95"] = ci95(grp[m])
+            values = pd.to_numeric(done[m], errors="coerce")
+            row[f"{m}_mean"] = values.mean() if len(done) else math.nan
+            row[f"{m}_std"] = values.std(ddof=1) if len(done) > 1 else math.nan
+            row[f"{m}_ci95"] = ci95(values)
         out.append(row)
     return pd.DataFrame(out)
+
+
+def table(by_cfg: pd.DataFrame, keys: list[str] | None = None) -> str:
+    """The by-configuration table as the console shows it: the settings that vary (or ``keys``), the run
+    counts, the means."""
+    if by_cfg.empty:
+        return "(no runs)"
+    shown = keys or varying(by_cfg) or ["method"]
+    counts = ["n"] + [c for c in STATUS_COUNTS if c != "n_completed" and by_cfg[c].sum() > 0]
+    values = [c for c in _SHOW if c in by_cfg.columns]
+    frame = by_cfg[shown + counts + values].copy()
+    for k in shown:  # settings as written (200, not 200.0000); none as blank
+        frame[k] = frame[k].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
+                                else f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
+    frame = frame.rename(columns=lambda c: c.removeprefix(OVERRIDE_PREFIX))
+    return frame.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 
 def select(by_cfg: pd.DataFrame, max_forgetting: float) -> pd.DataFrame:
@@ -103,7 +158,9 @@ def select(by_cfg: pd.DataFrame, max_forgetting: float) -> pd.DataFrame:
     ok = by_cfg[by_cfg["forgetting_mean"] <= max_forgetting]
     if ok.empty:
         return ok
-    best = ok.loc[ok.groupby("method")["ACC_mean"].idxmax()]
+    # one choice per method and per anything else the sweep varied (scenario, benchmark, ...), never per lam
+    per = [k for k in varying(by_cfg) if k not in ("lam", OVERRIDE_PREFIX + "lam", OVERRIDE_PREFIX + "method.lam")]
+    best = ok.loc[ok.groupby(per or ["method"])["ACC_mean"].idxmax()]
     return best.sort_values("ACC_mean", ascending=False).reset_index(drop=True)
 
 
@@ -282,15 +339,16 @@ class SweepSummary(Callback):
         summary, _ = write_summaries(sweep_dir)
         counts = summary.status.value_counts().to_dict()
         SweepSummary.outcome = {str(k): int(v) for k, v in counts.items()}
-        print(f"clrun: sweep summary in {sweep_dir / SUMMARY_FILE}: {counts}")
+        print(table(by_config(summary)))
+        print(f"clrun: {len(summary)} jobs ({', '.join(f'{v} {k}' for k, v in counts.items())}); summaries in "
+              f"{sweep_dir}")
         if self.plots and bool(config.get("plots", True)):
             from clrun import plots
 
             plots.plot_dir(sweep_dir)
 
 
-_SHOW = ["method", "regularizers", "lam", "buffer", "n", "ACC_mean", "ACC_ci95", "forgetting_mean", "BWT_mean",
-         "train_seconds_mean"]
+_SHOW = ["ACC_mean", "ACC_ci95", "forgetting_mean", "BWT_mean", "train_seconds_mean"]
 
 
 def report_main(argv: list[str] | None = None) -> int:
@@ -309,25 +367,26 @@ def report_main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"clrun-report: error: {err}", file=sys.stderr)
         return 2
-    print(f"{len(summary)} jobs: {summary.status.value_counts().to_dict()}")
-    cols = [c for c in _SHOW if c in grouped.columns]
+    counts = summary.status.value_counts().to_dict()
+    print(f"{len(summary)} jobs ({', '.join(f'{v} {k}' for k, v in counts.items())})")
     if a.compare_paper:
-        table = compare_paper(summary)
-        io.atomic_write_csv(Path(a.out or a.dirs[0]) / COMPARE_FILE, table)
-        if table.empty:
+        paper = compare_paper(summary)
+        io.atomic_write_csv(Path(a.out or a.dirs[0]) / COMPARE_FILE, paper)
+        if paper.empty:
             print("no completed run of a preset with published results (clrun -m +experiment=NAME)")
             return 1
-        print(markdown_table(table))
+        print(markdown_table(paper))
     elif not grouped.empty:
-        print(grouped[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(table(grouped))
     return 0
 
 
 def select_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="clrun-select",
                                 description="Per method, the best-ACC setting with forgetting under a tolerance.")
-    p.add_argument("dirs", nargs="+")
-    p.add_argument("--max-forgetting", type=float, required=True)
+    p.add_argument("dirs", nargs="+", help="sweep or run directories (their runs are pooled)")
+    p.add_argument("--max-forgetting", type=float, required=True,
+                   help="the tolerance: only configurations whose mean forgetting is at most this are chosen from")
     p.add_argument("-o", "--out", help="where selection.csv goes (default: the first directory)")
     a = p.parse_args(argv)
     try:
@@ -340,6 +399,5 @@ def select_main(argv: list[str] | None = None) -> int:
     if best.empty:
         print(f"no setting has mean forgetting <= {a.max_forgetting}")
         return 1
-    cols = [c for c in _SHOW + ["overrides_no_seed"] if c in best.columns]
-    print(best[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(table(best, varying(grouped) or ["method"]))
     return 0

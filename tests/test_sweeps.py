@@ -116,3 +116,80 @@ def test_plots_are_written_at_the_end_of_a_run_unless_disabled(tmp_path):
     run(make_cfg(*FAST, "benchmark.n_tasks=2"), tmp_path / "off")
     assert (tmp_path / "on" / "R.png").exists() and (tmp_path / "on" / "task_accuracy.png").exists()
     assert not (tmp_path / "off" / "R.png").exists()
+
+
+def _job(root, name, overrides, status="completed", **metrics):
+    """A job directory as a sweep leaves it: its overrides and its metrics row."""
+    from clrun import io
+
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    row = {"benchmark": "split_mnist", "method": "naive", "n_tasks": 5, "data_source": "torchvision",
+           "status": status, "ACC": 0.5, "forgetting": 0.2, **metrics}
+    io.write_metrics(job, row)
+
+
+def _scenario_sweep(root):
+    for scenario, acc in (("task_il", 0.95), ("domain_il", 0.7), ("class_il", 0.2)):
+        for method in ("naive", "er"):
+            for seed in (0, 1):
+                status = "diverged" if (scenario, method, seed) == ("class_il", "naive", 1) else "completed"
+                _job(root, f"{method}-{scenario}-{seed}", [f"scenario={scenario}", f"method={method}", f"seed={seed}"],
+                     status=status, scenario=scenario, method=method, seed=seed, ACC=acc + 0.01 * seed,
+                     buffer=200 if method == "er" else None)
+    _job(root, "er-bad", ["scenario=class_il", "method=er", "lr=10"], status="failed", scenario="class_il",
+         method="er", ACC=float("nan"))
+
+
+def test_report_table_and_plot_name_every_varied_setting_and_keep_failed_configurations(tmp_path):
+    from clrun import plots, report
+
+    _scenario_sweep(tmp_path)
+    by_cfg = report.by_config(report.collect(tmp_path))
+    assert len(by_cfg) == 7  # 3 scenarios x 2 methods, and the configuration whose only run failed
+    assert {"scenario", "method", "ov:lr"} <= set(report.varying(by_cfg))
+    naive_cil = by_cfg[(by_cfg.method == "naive") & (by_cfg.scenario == "class_il")].iloc[0]
+    assert (naive_cil.n, naive_cil.n_completed, naive_cil.n_diverged) == (1, 1, 1)
+    failed = by_cfg[by_cfg["ov:lr"].astype(str) == "10"].iloc[0]
+    assert failed.n == 0 and failed.n_failed == 1 and pd.isna(failed.ACC_mean)
+    text = report.table(by_cfg)
+    header = text.splitlines()[0].split()
+    assert {"scenario", "method", "lr", "n", "n_failed", "n_diverged"} <= set(header)
+    assert text.count("class_il") == 3
+
+    fig = plots.figure_methods(by_cfg)
+    acc_ax, fgt_ax = fig.axes
+    labels = [t.get_text() for t in acc_ax.get_yticklabels()]
+    assert "scenario=class_il method=naive (n=1; 1 diverged)" in labels
+    assert any(lbl.startswith("scenario=class_il method=er lr=10 (n=0; 1 failed)") for lbl in labels)
+    assert all("scenario=" in lbl for lbl in labels) and len(set(labels)) == 7
+    assert acc_ax.get_xlabel() == "ACC (mean over seeds; 95% CI where n >= 2)"
+    assert fgt_ax.get_xlabel().startswith("forgetting")
+    assert fig._suptitle.get_text() == "Method comparison (data: torchvision)"
+    assert "no completed run" in [t.get_text() for t in acc_ax.texts]
+    red = [t.get_text() for t in acc_ax.get_yticklabels() if t.get_color() == "tab:red"]
+    assert len(red) == 2
+    # error bars only where a mean pools two or more seeds
+    bars = [c for c in acc_ax.containers if hasattr(c, "errorbar") and c.errorbar is not None]
+    widths = [seg[1][0] - seg[0][0] for seg in bars[0].errorbar.lines[2][0].get_segments()]
+    assert sum(w > 0 for w in widths) == sum(by_cfg.n >= 2)
+
+
+def test_combined_reports_name_the_benchmark_and_selection_is_per_scenario(tmp_path):
+    from clrun import plots, report
+
+    for bench in ("split_mnist", "permuted_mnist"):
+        for lam, acc, fgt in ((1, 0.6, 0.3), (100, 0.55, 0.05)):
+            _job(tmp_path / bench, f"lam={lam}", [f"benchmark={bench}", f"lam={lam}"], benchmark=bench,
+                 method="ewc", lam=lam, ACC=acc, forgetting=fgt)
+    by_cfg = report.by_config(report.collect(tmp_path / "split_mnist", tmp_path / "permuted_mnist"))
+    assert "benchmark" in report.varying(by_cfg) and "benchmark" in report.table(by_cfg).splitlines()[0]
+    labels = [t.get_text() for t in plots.figure_methods(by_cfg).axes[0].get_yticklabels()]
+    assert {lbl.split()[0] for lbl in labels} == {"benchmark=split_mnist", "benchmark=permuted_mnist"}
+    best = report.select(by_cfg, max_forgetting=0.1)
+    assert sorted(best.benchmark) == ["permuted_mnist", "split_mnist"] and (best.lam == 100).all()
+    fig = plots.figure_vs(by_cfg, "lam", ("ACC", "forgetting"), log_x=True)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert sorted(legend) == ["benchmark=permuted_mnist (n=1)", "benchmark=split_mnist (n=1)"]
+    assert fig.axes[0].get_xlabel() == "lam (log scale)" and fig.axes[1].get_title() == "forgetting vs lam"
