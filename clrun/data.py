@@ -178,12 +178,19 @@ def load(name: str, root: str | None = None, download: bool = True, seed: int = 
     MNIST without its files and without a working download falls back to the embedded 5k sample, with a
     warning; any other dataset that cannot be had raises :class:`DatasetError` naming what was expected.
     """
+    # a root the user named (data.root, CLRUN_DATA) must hold the data; the embedded sample is only for the
+    # zero-configuration first run
+    named = f"data.root={root}" if root else f"CLRUN_DATA={os.environ['CLRUN_DATA']}" if os.environ.get(
+        "CLRUN_DATA") else None
     root = root or default_root()
     key = (name, str(Path(root).resolve()), download, seed, normalize)
     if key in _CACHE:
         return _CACHE[key]
     if Path(root).exists() and not Path(root).is_dir():
         raise DatasetError(f"data.root={root} is not a directory")
+    if named and name in _EXPECTED_FILES and not Path(root).is_dir():
+        raise DatasetError(f"{named} does not exist; it should hold {_EXPECTED_FILES[name]} (create it to download "
+                           "into it, or leave data.root unset for the default cache)")
     if download:
         Path(root).mkdir(parents=True, exist_ok=True)
     try:
@@ -203,9 +210,10 @@ def load(name: str, root: str | None = None, download: bool = True, seed: int = 
         if corrupt:
             msg = f"dataset file {corrupt} is corrupt or truncated ({err}); delete it to re-download"
             raise DatasetError(msg) from err
-        if name != "mnist":
+        if name != "mnist" or named:
+            where = named or root
             raise DatasetError(
-                f"{name} not found under {root} (expected {_EXPECTED_FILES[name]}) and download "
+                f"{name} not found under {where} (expected {_EXPECTED_FILES[name]}) and download "
                 f"{'failed: ' + str(err).splitlines()[0] if download else 'is off (data.download=false)'}"
             ) from err
         log.warning(

@@ -24,7 +24,8 @@ def _run_title(run_dir: Path) -> str:
     if f.exists():
         m = pd.read_csv(f).iloc[0]
         reg = f"+{m['regularizers']}" if isinstance(m.get("regularizers"), str) and m["regularizers"] else ""
-        return f"{m['method']}{reg} on {m['benchmark']} ({m['scenario']}), seed {m['seed']}"
+        data = f", data: {m['data_source']}" if str(m.get("data_source")) == "embedded-5k" else ""
+        return f"{m['method']}{reg} on {m['benchmark']} ({m['scenario']}), seed {m['seed']}{data}"
     return run_dir.name
 
 

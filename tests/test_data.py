@@ -46,9 +46,16 @@ def test_torchvision_reads_our_layout_and_the_fast_reader_agrees_with_it(tmp_pat
     assert torch.equal(x, tv_x) and torch.equal(y, tv_y) and torch.equal(tx, tv_tx) and torch.equal(ty, tv_ty)
 
 
-def test_offline_fallback_uses_embedded_sample_with_warning(tmp_path, caplog):
+def _zero_config(monkeypatch, cache):
+    """No data.root, no CLRUN_DATA: the first run on a fresh machine, the one case the embedded sample is for."""
+    monkeypatch.delenv("CLRUN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+
+
+def test_offline_fallback_uses_embedded_sample_with_warning(tmp_path, caplog, monkeypatch):
+    _zero_config(monkeypatch, tmp_path / "cache")
     with caplog.at_level(logging.WARNING, logger="clrun"):
-        ds = data.load("mnist", str(tmp_path / "empty"), download=False, seed=1)
+        ds = data.load("mnist", None, download=False, seed=1)
     assert ds.source == "embedded-5k"
     assert "embedded" in caplog.text and "MNIST" in caplog.text
     assert len(ds.train_y) == 4000 and len(ds.test_y) == 1000
@@ -56,7 +63,8 @@ def test_offline_fallback_uses_embedded_sample_with_warning(tmp_path, caplog):
     assert torch.bincount(ds.train_y).tolist() == [400] * 10
     assert torch.bincount(ds.test_y).tolist() == [100] * 10
     # the train/test split is seeded and disjoint
-    again = data.load("mnist", str(tmp_path / "empty2"), download=False, seed=1)
+    _zero_config(monkeypatch, tmp_path / "cache2")
+    again = data.load("mnist", None, download=False, seed=1)
     assert torch.equal(again.train_x, ds.train_x)
     train_rows = {r.numpy().tobytes() for r in ds.train_x.flatten(1)}
     assert sum(r.numpy().tobytes() in train_rows for r in ds.test_x.flatten(1)) < 5  # MNIST has a few dupes
@@ -69,8 +77,21 @@ def test_offline_fallback_when_download_fails(tmp_path, monkeypatch):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
 
     monkeypatch.setattr(tv_mnist, "download_and_extract_archive", no_network)
-    ds = data.load("mnist", str(tmp_path), download=True)
+    _zero_config(monkeypatch, tmp_path)
+    ds = data.load("mnist", None, download=True)
     assert ds.source == "embedded-5k"
+
+
+def test_a_named_data_root_that_is_missing_or_empty_is_an_error_not_the_sample(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLRUN_DATA", raising=False)
+    with pytest.raises(DatasetError, match=r"data.root=.*nonexistent does not exist; it should hold MNIST/raw"):
+        data.load("mnist", str(tmp_path / "nonexistent"), download=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"mnist not found under data.root=.*empty \(expected MNIST/raw"):
+        data.load("mnist", str(tmp_path / "empty"), download=False)
+    monkeypatch.setenv("CLRUN_DATA", str(tmp_path / "also_missing"))
+    with pytest.raises(DatasetError, match="CLRUN_DATA=.*also_missing does not exist"):
+        data.load("mnist", None, download=True)
 
 
 def test_other_datasets_name_the_files_expected(tmp_path):
@@ -98,11 +119,12 @@ def test_default_root_honours_env(monkeypatch, tmp_path):
     assert data.default_root().endswith("clrun/data")
 
 
-def test_normalize_false_gives_raw_unit_pixels(tmp_path):
+def test_normalize_false_gives_raw_unit_pixels(tmp_path, monkeypatch):
     from clrun import data as datamod
 
-    raw = datamod.load("mnist", str(tmp_path), download=False, normalize=False)
-    std = datamod.load("mnist", str(tmp_path), download=False)
+    _zero_config(monkeypatch, tmp_path)
+    raw = datamod.load("mnist", None, download=False, normalize=False)
+    std = datamod.load("mnist", None, download=False)
     assert raw.train_x.min() >= 0 and raw.train_x.max() <= 1 and raw.train_x.max() > 0.99
     mean, sd = datamod._STATS["mnist"]
     assert torch.allclose(std.train_x, (raw.train_x - mean[0]) / sd[0], atol=1e-5)
