@@ -23,6 +23,7 @@ from clrun.errors import ClrunError
 from clrun.report import SweepSummary
 from clrun.run import run
 
+_WARNED: set[str] = set()
 JOB_STATUSES: list[str] = []  # the statuses of the jobs this process ran: a sweep's exit code
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("clrun")
@@ -38,6 +39,10 @@ def _hydra_main(cfg: DictConfig) -> float:
         cores = os.cpu_count() or 1
         cfg.threads = max(1, cores // (cores if n_jobs < 0 else n_jobs))
     job_files = _job_files(cfg, hc)
+    for warning in unused_settings(cfg, list(hc.overrides.task)):
+        if warning not in _WARNED:  # once per sweep, not once per job
+            _WARNED.add(warning)
+            print(f"clrun: warning: {warning}", file=sys.stderr)
     status, acc = _run_job(cfg, out_dir, sweeping, job_files)
     JOB_STATUSES.append(status)
     return acc  # a sweeper that optimises reads it
@@ -72,6 +77,17 @@ def _run_job(cfg: DictConfig, out_dir: Path, sweeping: bool, job_files: dict[str
         print(f"clrun: run {row['status']}: {row.get('error', '')}", file=sys.stderr)
         sys.exit(3)
     return str(row["status"]), float(row["ACC"])
+
+
+def unused_settings(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """The top-level numbers a command sets that no method or regulariser of the run reads (``method=naive
+    lam=10,1000``): jobs differing only in them would repeat the same run."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    text = OmegaConf.to_yaml(OmegaConf.create({"method": cfg.method, "regularizers": cfg.regularizers or {}}))
+    method = str(OmegaConf.select(cfg, "method._target_", default="?")).rsplit(".", 1)[-1].lower()
+    return [f"{key} has no effect on method={method}: neither its config nor a regulariser's reads {key}, so "
+            f"runs that differ only in {key} are the same run"
+            for key in ("lam", "buffer") if key in given and f"${{{key}}}" not in text]
 
 
 def _job_files(cfg: DictConfig, hc: DictConfig) -> dict[str, str]:

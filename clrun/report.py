@@ -104,9 +104,14 @@ def config_columns(frame: pd.DataFrame) -> list[str]:
 def varying(frame: pd.DataFrame) -> list[str]:
     """The configuration columns whose values differ among ``frame``'s rows: what a sweep varied. An override
     that repeats a metrics column (``scenario=class_il`` and the scenario column) is shown once."""
-    keys = [k for k in config_columns(frame) if k != "overrides_no_seed"
-            and frame[k].map(lambda v: "" if pd.isna(v) else str(v)).nunique() > 1]
-    return [k for k in keys if not (k.startswith(OVERRIDE_PREFIX) and k[len(OVERRIDE_PREFIX):] in keys)]
+    text = frame.apply(lambda col: col.map(lambda v: "" if pd.isna(v) else str(v)))
+    keys = [k for k in config_columns(frame) if k != "overrides_no_seed" and text[k].nunique() > 1]
+
+    def repeats(k: str) -> bool:  # ov:lam says nothing the lam column does not (unless a method ignored lam)
+        plain = k.removeprefix(OVERRIDE_PREFIX)
+        return k != plain and plain in keys and (text.groupby(plain)[k].nunique() <= 1).all()
+
+    return [k for k in keys if not repeats(k)]
 
 
 def by_config(summary: pd.DataFrame) -> pd.DataFrame:
@@ -148,7 +153,9 @@ def table(by_cfg: pd.DataFrame, keys: list[str] | None = None) -> str:
     for k in shown:  # settings as written (200, not 200.0000); none as blank
         frame[k] = frame[k].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
                                 else f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
-    frame = frame.rename(columns=lambda c: c.removeprefix(OVERRIDE_PREFIX))
+    frame = frame.rename(columns=lambda c: c if not c.startswith(OVERRIDE_PREFIX) else
+                         f"{c.removeprefix(OVERRIDE_PREFIX)} (given)" if c.removeprefix(OVERRIDE_PREFIX) in shown
+                         else c.removeprefix(OVERRIDE_PREFIX))
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 

@@ -44,7 +44,24 @@ def _redraw_missing_plots(out_dir: Path) -> None:
 
     plots.plot_dir(out_dir)
 
+def reset_peak_rss() -> None:
+    """Start this job's peak-memory count afresh (Linux: VmHWM); in a sweep, jobs share the process."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not allowed: the process's high-water mark it is
+        pass
+
+
 def _peak_rss_mb() -> float:
+    """This job's peak resident memory since :func:`reset_peak_rss` (VmHWM), else the process's lifetime peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
@@ -73,6 +90,7 @@ def run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | Non
 
 def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | None) -> dict:
     t_start = time.perf_counter()
+    reset_peak_rss()
     out_dir = Path(out_dir)
     checks.check_output_dir(out_dir)
     checks.validate(cfg)
@@ -83,6 +101,7 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
             log.info("%s already holds a completed run; nothing to do", out_dir)
             if cfg.plots:
                 _redraw_missing_plots(out_dir)
+            print(final_line(done, out_dir))
             return done
     elif (out_dir / io.METRICS_FILE).exists() or (out_dir / ckpt.CHECKPOINT_FILE).exists():
         status = (io.read_metrics(out_dir) or {}).get("status", "unknown")
@@ -216,8 +235,17 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
         plots.plot_dir(out_dir)
     if not cfg.quiet:
         print(io.r_frame(R).round(4).to_string())
-        print("  ".join(f"{k}={row[k]:.4f}" for k in ["ACC", "forgetting", "BWT", "FWT"]))
+    print(final_line(row, out_dir))  # even with quiet=true: the result and where it is
     return row
+
+
+def final_line(row: dict, out_dir: Path) -> str:
+    """``ACC=0.8123  forgetting=0.0912  BWT=-0.0912  FWT=0.0021  outputs/...`` (or how the run stopped)."""
+    if row["status"] == "completed":
+        result = "  ".join(f"{k}={row[k]:.4f}" for k in ["ACC", "forgetting", "BWT", "FWT"])
+    else:
+        result = f"status={row['status']} after {row['tasks_done']}/{row['n_tasks']} tasks"
+    return f"{result}  {out_dir}"
 
 
 def _stopped(out_dir: Path, row: dict, error: str, log_rows: list[dict]) -> dict:

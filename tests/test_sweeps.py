@@ -193,3 +193,27 @@ def test_combined_reports_name_the_benchmark_and_selection_is_per_scenario(tmp_p
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert sorted(legend) == ["benchmark=permuted_mnist (n=1)", "benchmark=split_mnist (n=1)"]
     assert fig.axes[0].get_xlabel() == "lam (log scale)" and fig.axes[1].get_title() == "forgetting vs lam"
+
+
+def test_a_sweep_warns_once_about_a_setting_the_method_ignores_and_ends_with_its_table(tmp_path):
+    proc, sweep = _sweep(tmp_path, "method=naive", "lam=10,1000", "benchmark.n_tasks=2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("clrun: warning: lam has no effect on method=naive") == 1
+    finals = [line for line in proc.stdout.splitlines() if line.startswith("ACC=")]
+    assert sorted(line.split()[-1] for line in finals) == [str(sweep / "lam=10"), str(sweep / "lam=1000")]
+    table = proc.stdout[proc.stdout.index(" lam "):].splitlines()
+    assert table[0].split()[:3] == ["lam", "n", "ACC_mean"]  # what the sweep varied, though naive ignored it
+    assert [row.split()[0] for row in table[1:3]] == ["10", "1000"]
+    assert "clrun: 2 jobs (2 completed); summaries in" in proc.stdout
+
+
+def test_quiet_prints_one_line_and_a_run_names_its_directory(tmp_path):
+    quiet = subprocess.run(clrun_cmd(*FAST, "benchmark.n_tasks=2", f"hydra.run.dir={tmp_path / 'q'}"),
+                           capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stdout.splitlines() == [quiet.stdout.strip()]
+    assert quiet.stdout.startswith("ACC=") and quiet.stdout.strip().endswith(str(tmp_path / "q"))
+    loud = subprocess.run(clrun_cmd(*[o for o in FAST if o != "quiet=true"], "benchmark.n_tasks=2",
+                                    f"hydra.run.dir={tmp_path / 'l'}"), capture_output=True, text=True, timeout=300)
+    assert f"clrun: run directory {tmp_path / 'l'}" in loud.stderr
+    assert loud.stdout.strip().splitlines()[-1].endswith(str(tmp_path / "l"))
+    assert "after_task_2" in loud.stdout  # the R table
