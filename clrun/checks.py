@@ -65,6 +65,7 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "eval_batch_size", int, 1)
     _number(cfg, "threads", int, 1, allow_none=True)
     _number(cfg, "skip_limit", float, 0)
+    _number(cfg, "log_every", int, 0, allow_none=True)
     if not OmegaConf.select(cfg, "skip_limit", default=0) <= 1:
         raise ConfigError(f"skip_limit={OmegaConf.select(cfg, 'skip_limit')!r} is not allowed: use a share in [0, 1]")
     threads, cores = OmegaConf.select(cfg, "threads"), os.cpu_count() or 1

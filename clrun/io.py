@@ -19,7 +19,8 @@ METRICS_COLUMNS = [
     "wall_seconds", "train_seconds", "eval_seconds", "peak_rss_mb", "parameters", "buffer_bytes", "error",
     "device",
 ]
-LOG_COLUMNS = ["task", "epoch", "steps", "loss", "train_acc", "seconds", "skipped_steps"]
+# kind: "epoch" (one row per epoch) or "interval" (every log_every steps: the curve); step: steps into the task
+LOG_COLUMNS = ["task", "epoch", "kind", "step", "steps", "loss", "train_acc", "seconds", "skipped_steps"]
 INTERFERENCE_FILE, SPECTRUM_FILE, SPECTRUM_LAYERS_FILE = "interference.csv", "spectrum.csv", "spectrum_layers.csv"
 INTERFERENCE_COLUMNS = ["task", "step", "old_task", "lr", "old_loss", "new_loss", "cosine", "grad_dot",
                         "neg_pair_fraction", "predicted_dloss", "linearised_dloss", "observed_dloss"]

@@ -44,6 +44,7 @@ class Learner:
         reset_optimizer: bool = True,
         check_step: bool = False,
         skip_limit: float = 0.1,
+        log_every: int | None = None,
     ):
         self.device = torch.device(device)
         self.stream = stream
@@ -71,6 +72,7 @@ class Learner:
         self.stop_requested: str | None = None  # set by a signal handler; checked once per step
         self.on_nan = on_nan  # stop: raise Diverged at the epoch's end; skip: drop non-finite steps (syncs)
         self.skip_limit = skip_limit  # on_nan=skip: a task whose skipped share exceeds this has diverged
+        self.log_every = log_every or 0  # a log.csv row every this many training steps (0: epoch rows only)
         self.check_step = check_step  # verify each step's gradient against autograd of the logged loss (slow)
         self.ctx = Context(self, model.to(self.device), stream, self.scenario, self.device, seed, batch_size,
                            method.train_units)
@@ -197,7 +199,7 @@ class Learner:
     # ---- the loop
     def train_task(self, task_id: int, epochs: int = 1, iters: int | None = None,
                    progress: Callable[[int], Callable[[int], None]] | None = None,
-                   on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+                   on_log_row: Callable[[dict], None] | None = None) -> list[dict]:
         """Train task ``task_id`` for ``epochs`` (or exactly ``iters`` steps); returns one log row per epoch.
 
         ``progress(total_steps)`` may return a callable ticked once per step (a progress bar's update)."""
@@ -207,7 +209,7 @@ class Learner:
         self.make_optimizer()
         for o in self.observers:
             o.before_task(task_id)
-        rows = self._epochs(task_id, epochs, iters, progress, on_epoch, "train")
+        rows = self._epochs(task_id, epochs, iters, progress, on_log_row, "train")
         for o in self.observers:  # the model as trained, before a method's after_task may change it
             o.after_task(task_id)
         for m in self.methods:
@@ -219,7 +221,7 @@ class Learner:
         self.make_optimizer()
         self._epochs(task_id, epochs, None, None, None, "retrain")
 
-    def _epochs(self, task_id: int, epochs: int, iters: int | None, progress, on_epoch, phase: str) -> list[dict]:
+    def _epochs(self, task_id: int, epochs: int, iters: int | None, progress, on_log_row, phase: str) -> list[dict]:
         x_all, y_all, ids_all = self.method.training_set(task_id)
         task = self.stream.tasks[task_id]
         n = len(y_all)
@@ -227,6 +229,8 @@ class Learner:
         total = 0 if n == 0 else iters if iters is not None else epochs * steps_per_epoch  # n=0: nothing to train
         tick = progress(total) if progress else None
         rows, step, epoch, skipped_in_task = [], 0, 0, 0
+        log_every = self.log_every if phase == "train" else 0
+        interval = _Interval(self.device)  # the curve: a log row every log_every steps
         single_task = bool((ids_all == task_id).all())  # once per task, not a host sync per step
         self.model.train()
         while step < total:
@@ -254,7 +258,10 @@ class Learner:
                     self.optimizer.state.clear()
                     skipped += 1
                     skipped_in_task += 1
+                    interval.skipped += 1
                     step += 1
+                    if log_every and step % log_every == 0 and on_log_row:
+                        on_log_row(interval.row(task_id, epoch, step))
                     continue
                 if phase == "train":
                     for o in self.observers:
@@ -262,22 +269,28 @@ class Learner:
                 # accumulate on-device: no host sync per step
                 loss_sum += loss * len(idx)
                 pred = self.scenario.masked(logits, ids, task_id).argmax(1)
-                correct += (pred == batch.y).sum()
+                hits = (pred == batch.y).sum()
+                correct += hits
                 seen += len(idx)
                 step += 1
                 epoch_steps += 1
+                if log_every:
+                    interval.add(loss, hits, len(idx))
+                    if step % log_every == 0 and on_log_row:  # one host sync per log_every steps
+                        on_log_row(interval.row(task_id, epoch, step))
                 if tick:
                     tick(1)
             if self.on_nan == "stop" and not bool(torch.isfinite(loss_sum) & self._weights_finite()):  # one sync
                 raise Diverged(f"loss or weights became non-finite in task {task_id + 1}, epoch {epoch + 1} "
                                "(on_nan=stop); lower lr or lam")
-            row = {"task": task_id + 1, "epoch": epoch + 1, "steps": epoch_steps,  # no step kept: no loss to log
+            row = {"task": task_id + 1, "epoch": epoch + 1, "kind": "epoch", "step": step, "steps": epoch_steps,
+                   # no step kept: no loss to log
                    "loss": float(loss_sum) / seen if seen else math.nan,
                    "train_acc": int(correct) / seen if seen else math.nan,
                    "seconds": time.perf_counter() - t0, "skipped_steps": skipped}
             rows.append(row)
-            if on_epoch:
-                on_epoch(row)
+            if on_log_row:
+                on_log_row(row)
             epoch += 1
         if self.on_nan == "skip" and total and skipped_in_task > self.skip_limit * total:
             raise Diverged(f"{skipped_in_task} of {total} steps of task {task_id + 1} were skipped for a non-finite "
@@ -343,3 +356,31 @@ class _Objective(Method):
 
     def data_loss(self, step: Step) -> Tensor:
         return self.loss_fn(step.batch.x, step.batch.y)
+
+
+class _Interval:
+    """Loss and accuracy summed on the device over the steps since the last curve row."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.seen, self.steps, self.skipped, self.t0 = 0, 0, 0, time.perf_counter()
+
+    def add(self, loss: Tensor, hits: Tensor, n: int) -> None:
+        self.loss += loss * n
+        self.correct += hits
+        self.seen += n
+        self.steps += 1
+
+    def row(self, task_id: int, epoch: int, step: int) -> dict:
+        seen = self.seen
+        row = {"task": task_id + 1, "epoch": epoch + 1, "kind": "interval", "step": step, "steps": self.steps,
+               "loss": float(self.loss) / seen if seen else math.nan,
+               "train_acc": int(self.correct) / seen if seen else math.nan,
+               "seconds": time.perf_counter() - self.t0, "skipped_steps": self.skipped}
+        self.reset()
+        return row

@@ -93,6 +93,40 @@ def plot_task_curves(run_dir: str | Path) -> Path:
     return _save(fig, run_dir / "task_accuracy.png")
 
 
+def plot_loss(run_dir: str | Path) -> Path:
+    return _save(figure_loss(run_dir), Path(run_dir) / "loss.png")
+
+
+def figure_loss(run_dir: str | Path):
+    """The training loss across the stream, from log.csv: its every-log_every-steps rows (the epoch rows when a
+    run logged none), tasks side by side; the running training accuracy beside it."""
+    run_dir = Path(run_dir)
+    log = pd.read_csv(run_dir / io.LOG_FILE)
+    if "kind" in log and (log["kind"] == "interval").any():
+        log = log[log["kind"] == "interval"]
+    elif "kind" in log:
+        log = log[log["kind"] == "epoch"]
+    if "step" not in log or log["step"].isna().all():  # a log from before the step column: epochs in order
+        log = log.assign(step=log.groupby("task")["steps"].cumsum())
+    offsets = log.groupby("task")["step"].max().cumsum().shift(fill_value=0)
+    x = log["step"] + log["task"].map(offsets)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, column, label in ((ax1, "loss", "training loss"), (ax2, "train_acc", "running training accuracy")):
+        for t, rows in log.groupby("task"):
+            ax.plot(x[rows.index], rows[column], lw=1.2, marker="." if len(rows) < 30 else None, label=f"task {t}")
+        for off in offsets:
+            if off:
+                ax.axvline(off, color="gray", lw=0.5, alpha=0.5)
+        ax.set_xlabel("training step (tasks in sequence)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax1.set_title("Training loss across the stream", fontsize=10)
+    ax2.set_title("Running training accuracy", fontsize=10)
+    ax1.legend(fontsize=8, ncol=2 if len(offsets) > 6 else 1)
+    fig.suptitle(_run_title(run_dir), fontsize=9)
+    return fig
+
+
 def _axes_text(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -243,6 +277,8 @@ def plot_dir(path: str | Path) -> list[Path]:
     made: list[Path] = []
     if (path / io.R_FILE).exists():
         made += [plot_R(path), plot_task_curves(path)]
+    if (path / io.LOG_FILE).exists() and len(pd.read_csv(path / io.LOG_FILE)):
+        made.append(plot_loss(path))
     if (path / io.INTERFERENCE_FILE).exists() and len(pd.read_csv(path / io.INTERFERENCE_FILE)):
         made.append(plot_interference(path))
     if (path / io.SPECTRUM_FILE).exists() and len(pd.read_csv(path / io.SPECTRUM_FILE)):

@@ -26,7 +26,8 @@ METRICS = ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy", "wall_seconds
 # what identifies a configuration when seeds are pooled
 CONFIG_KEYS = ["benchmark", "scenario", "method", "regularizers", "lam", "buffer", "n_tasks", "data_source",
                "overrides_no_seed"]
-NOT_SETTINGS = ("quiet", "plots", "resume")  # overrides that change no result: not a configuration's column
+# overrides that change no result: not a column of the configuration
+NOT_SETTINGS = ("quiet", "plots", "resume", "log_every")
 OVERRIDE_PREFIX = "ov:"  # summary columns holding each override's value, e.g. ov:method.fisher
 # by-configuration run counts, each over the statuses it names
 STATUS_COUNTS = {"n_completed": ("completed",), "n_failed": ("failed", "refused"), "n_diverged": ("diverged",),

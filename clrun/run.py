@@ -38,7 +38,7 @@ def seed_everything(seed: int) -> None:
 
 def _redraw_missing_plots(out_dir: Path) -> None:
     """A completed run whose plot is missing or cut short (killed while plotting) gets it drawn again."""
-    if all(io.png_ok(out_dir / name) for name in ("R.png", "task_curves.png")):
+    if all(io.png_ok(out_dir / name) for name in ("R.png", "task_accuracy.png", "loss.png")):
         return
     from clrun import plots
 
@@ -137,7 +137,8 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
                       int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed), str(cfg.on_nan),
                       bool(OmegaConf.select(cfg, "reset_optimizer", default=True)),
                       check_step=bool(OmegaConf.select(cfg, "check_step", default=False)),
-                      skip_limit=float(OmegaConf.select(cfg, "skip_limit", default=0.1)))
+                      skip_limit=float(OmegaConf.select(cfg, "skip_limit", default=0.1)),
+                      log_every=OmegaConf.select(cfg, "log_every", default=None))
     ident = ckpt.identity(cfg)
     state = None
     if cfg.resume:
@@ -201,7 +202,7 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
                 progress = _progress_bar(f"task {t + 1}/{T} {stream.tasks[t].name}", bool(cfg.quiet), bars)
                 t0 = time.perf_counter()
                 try:
-                    learner.train_task(t, int(cfg.epochs), cfg.iters, progress=progress, on_epoch=log_rows.append)
+                    learner.train_task(t, int(cfg.epochs), cfg.iters, progress=progress, on_log_row=log_rows.append)
                 finally:
                     clock["train"] += time.perf_counter() - t0
                     for b in bars:

@@ -527,3 +527,23 @@ def test_resume_refuses_other_data_than_the_run_had(tmp_path):
     metrics.to_csv(part / "metrics.csv", index=False)
     with pytest.raises(ResumeMismatch, match="data_source=embedded-5k"):
         run(make_cfg(*FAST, "benchmark.n_tasks=5", "resume=true"), part)
+
+
+def test_wall_time_adds_up_across_a_resume(tmp_path):
+    part = _partial_run(tmp_path, "epochs=40")  # two tasks of training before the stop
+    run(make_cfg(*FAST, "benchmark.n_tasks=5", "epochs=40", "resume=true"), part)
+    m = pd.read_csv(part / "metrics.csv").iloc[0]
+    assert m.status == "completed" and m.wall_seconds >= m.train_seconds + m.eval_seconds
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="per-job peak memory needs Linux")
+def test_peak_memory_is_the_jobs_own_not_the_processes(tmp_path):
+    import resource
+
+    import numpy as np
+
+    big = np.ones(5 * 10**7)  # 400 MB touched before the job: a sweep's earlier job
+    del big
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row = run(make_cfg(*FAST, "benchmark.n_tasks=2"), tmp_path)
+    assert row["peak_rss_mb"] < lifetime - 300

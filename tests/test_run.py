@@ -259,3 +259,23 @@ def test_a_finished_run_leaves_no_stream_behind(tmp_path):
     finally:
         gc.enable()
     assert alive == []
+
+
+def test_log_every_writes_a_curve_into_log_csv_and_the_loss_plot_draws_it(tmp_path):
+    from clrun import plots
+
+    run(make_cfg(*FAST, "benchmark.n_tasks=2", "iters=6", "log_every=2", "plots=true"), tmp_path)
+    log = pd.read_csv(tmp_path / "log.csv")
+    curve = log[log.kind == "interval"]
+    assert curve.groupby("task").step.apply(list).tolist() == [[2, 4, 6], [2, 4, 6]]
+    assert (curve.steps == 2).all() and curve.loss.notna().all() and curve.train_acc.between(0, 1).all()
+    assert log[log.kind == "epoch"].groupby("task").steps.sum().tolist() == [6, 6]  # the epoch rows stay
+    assert (tmp_path / "loss.png").exists()
+    fig = plots.figure_loss(tmp_path)
+    loss_ax, acc_ax = fig.axes
+    assert loss_ax.get_title() == "Training loss across the stream" and loss_ax.get_ylabel() == "training loss"
+    assert acc_ax.get_ylabel() == "running training accuracy"
+    assert loss_ax.get_xlabel() == "training step (tasks in sequence)"
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["task 1", "task 2"]
+    assert loss_ax.lines[1].get_xdata().tolist() == [8, 10, 12]  # task 2 drawn after task 1's 6 steps
+    assert fig._suptitle.get_text() == "naive on synthetic (class_il), seed 0"
