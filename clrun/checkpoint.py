@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="clrun-checkpoint",
         description="Convert a checkpoint written before checkpoint format 2 (a pickle) so that --resume can load it.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, help="what to do (one command: upgrade)")
     up = sub.add_parser("upgrade", help="rewrite RUN_DIR/checkpoint.pt in the safe format; unpickles it once, so "
                                         "only for files you trust")
     up.add_argument("run_dir", type=Path, help="a run directory holding checkpoint.pt and config.yaml")

@@ -279,3 +279,38 @@ def test_log_every_writes_a_curve_into_log_csv_and_the_loss_plot_draws_it(tmp_pa
     assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["task 1", "task 2"]
     assert loss_ax.lines[1].get_xdata().tolist() == [8, 10, 12]  # task 2 drawn after task 1's 6 steps
     assert fig._suptitle.get_text() == "naive on synthetic (class_il), seed 0"
+
+
+def test_clrun_help_is_clruns_own(tmp_path):
+    out = subprocess.run(clrun_cmd("--help"), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    assert out.stdout.startswith("clrun: continual-learning experiments.")
+    assert "method: agem, der, derpp, er, ewc" in out.stdout and "scenario: class_il, domain_il, task_il" in out.stdout
+    assert out.stdout.count("\n  clrun ") == 5  # five example commands
+    assert "Powered by Hydra" not in out.stdout
+
+
+@pytest.mark.parametrize("entry", ["clrun.report:report_main", "clrun.report:select_main", "clrun.plots:main",
+                                   "clrun.checkpoint:main"])
+def test_every_console_script_argument_has_help(entry, capsys):
+    import argparse
+    import importlib
+
+    module, func = entry.split(":")
+    parsers = []
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, *a, **k):
+        parsers.append(self)
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        with pytest.raises(SystemExit):
+            getattr(importlib.import_module(module), func)([])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    actions = [a for a in parsers[0]._actions if not isinstance(a, argparse._HelpAction)]
+    for sub in [a for a in actions if isinstance(a, argparse._SubParsersAction)]:
+        actions += [x for p in sub.choices.values() for x in p._actions if not isinstance(x, argparse._HelpAction)]
+    assert actions and all(a.help for a in actions), [a.dest for a in actions if not a.help]
