@@ -30,7 +30,7 @@ log = logging.getLogger("clrun")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float | tuple[float, float]:
     hc = HydraConfig.get()
     sweeping = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
@@ -43,40 +43,50 @@ def _hydra_main(cfg: DictConfig) -> float:
         if warning not in _WARNED:  # once per sweep, not once per job
             _WARNED.add(warning)
             print(f"clrun: warning: {warning}", file=sys.stderr)
-    status, acc = _run_job(cfg, out_dir, sweeping, job_files)
+    status, row = _run_job(cfg, out_dir, sweeping, job_files)
     JOB_STATUSES.append(status)
-    return acc  # a sweeper that optimises reads it
+    return objective(row, OmegaConf.select(hc, "sweeper.direction"))
 
 
-def _run_job(cfg: DictConfig, out_dir: Path, sweeping: bool, job_files: dict[str, str]) -> tuple[str, float]:
-    """One job: its status in this process (refused: a bad command, or a directory holding another run), ACC."""
-    nan = float("nan")
+def objective(row: dict | None, direction) -> float | tuple[float, float]:
+    """What an optimising sweeper reads: ACC; with two directions (``hydra/sweeper=optuna
+    'hydra.sweeper.direction=[maximize,minimize]'``), (ACC, forgetting) for a Pareto front. NaN for a job
+    that did not complete: Optuna records it as failed."""
+    acc = float(row["ACC"]) if row and row.get("status") == "completed" else float("nan")
+    fgt = float(row["forgetting"]) if row and row.get("status") == "completed" else float("nan")
+    two = direction is not None and not isinstance(direction, str) and len(direction) == 2
+    return (acc, fgt) if two else acc
+
+
+def _run_job(cfg: DictConfig, out_dir: Path, sweeping: bool, job_files: dict[str, str]) -> tuple[str, dict | None]:
+    """One job: its status in this process (refused: a bad command, or a directory holding another run) and
+    its metrics row."""
     if run_mod.stop_signal():  # an earlier job of this sweep was interrupted: the rest are not started
         run_mod.record_not_started(cfg, out_dir, f"not started: the sweep was stopped by {run_mod.stop_signal()}",
                                    job_files)
-        return "interrupted", nan
+        return "interrupted", None
     if not sweeping and not cfg.quiet:
         print(f"clrun: run directory {out_dir}", file=sys.stderr)
     try:
-        row = run(cfg, out_dir, job_files=job_files)
+        row = run(cfg, out_dir, job_files=job_files, sweep_dir=Path(HydraConfig.get().sweep.dir) if sweeping else None)
     except ClrunError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"clrun: error: {err}", file=sys.stderr)
         if sweeping:  # one bad job must not stop the sweep; the summary lists it as failed
             _record_failure(cfg, out_dir, err, job_files)
-            return "refused", nan
+            return "refused", None
         sys.exit(2)
     except Exception as err:
         if not sweeping or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.exception("job failed; the sweep goes on")
         _record_failure(cfg, out_dir, err, job_files)
-        return "failed", nan
+        return "failed", None
     if row["status"] != "completed" and not sweeping:
         print(f"clrun: run {row['status']}: {row.get('error', '')}", file=sys.stderr)
         sys.exit(3)
-    return str(row["status"]), float(row["ACC"])
+    return str(row["status"]), row
 
 
 def unused_settings(cfg: DictConfig, overrides: list[str]) -> list[str]:

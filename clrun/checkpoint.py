@@ -37,7 +37,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT, VERSION = "clrun-checkpoint", 2
 # settings that do not change what a run computes: a resume may change them freely
 NOT_IDENTITY = ("resume", "quiet", "plots", "threads", "device", "eval_batch_size", "checkpoint", "check_step",
-                "deterministic", "diagnostics", "data.root", "data.download", "log_every", "hydra")
+                "deterministic", "diagnostics", "data.root", "data.download", "log_every", "logger", "hydra")
 # modules whose classes a checkpoint may name, besides those of the run's own method, regularisers and model
 SAFE_MODULE_PREFIXES = ("clrun.", "torch.nn.")
 

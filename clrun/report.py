@@ -27,7 +27,7 @@ METRICS = ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy", "wall_seconds
 CONFIG_KEYS = ["benchmark", "scenario", "method", "regularizers", "lam", "buffer", "n_tasks", "data_source",
                "overrides_no_seed"]
 # overrides that change no result: not a column of the configuration
-NOT_SETTINGS = ("quiet", "plots", "resume", "log_every")
+NOT_SETTINGS = ("quiet", "plots", "resume", "log_every", "logger")
 OVERRIDE_PREFIX = "ov:"  # summary columns holding each override's value, e.g. ov:method.fisher
 # by-configuration run counts, each over the statuses it names
 STATUS_COUNTS = {"n_completed": ("completed",), "n_failed": ("failed", "refused"), "n_diverged": ("diverged",),
@@ -170,6 +170,25 @@ def select(by_cfg: pd.DataFrame, max_forgetting: float) -> pd.DataFrame:
     per = [k for k in varying(by_cfg) if k not in ("lam", OVERRIDE_PREFIX + "lam", OVERRIDE_PREFIX + "method.lam")]
     best = ok.loc[ok.groupby(per or ["method"])["ACC_mean"].idxmax()]
     return best.sort_values("ACC_mean", ascending=False).reset_index(drop=True)
+
+
+OPTUNA_FILE = "optimization_results.yaml"
+
+
+def pareto_front(*roots: str | Path) -> pd.DataFrame:
+    """The Pareto front an Optuna sweep (two objectives: ACC up, forgetting down) wrote into its directory:
+    one row per solution, its parameters and its (ACC, forgetting)."""
+    rows = []
+    for root in map(Path, roots):
+        f = root / OPTUNA_FILE
+        if not f.exists():
+            continue
+        results = yaml.safe_load(f.read_text()) or {}
+        for sol in results.get("solutions") or []:
+            values = list(sol.get("values") or [])
+            if len(values) == 2:
+                rows.append({"sweep": str(root), **sol.get("params", {}), "ACC": values[0], "forgetting": values[1]})
+    return pd.DataFrame(rows)
 
 
 def write_summaries(*roots: str | Path, out: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -402,6 +421,10 @@ def select_main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"clrun-select: error: {err}", file=sys.stderr)
         return 2
+    front = pareto_front(*a.dirs)
+    if not front.empty:
+        print(f"Pareto front of the Optuna study ({len(front)} solutions, ACC up, forgetting down):")
+        print(front.sort_values("forgetting").to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     best = select(grouped, a.max_forgetting)
     io.atomic_write_csv(Path(a.out or a.dirs[0]) / SELECTION_FILE, best)
     if best.empty:

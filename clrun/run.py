@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from clrun import checkpoint as ckpt
-from clrun import checks, io
+from clrun import checks, io, tracking
 from clrun.diagnostics import Diagnostics
 from clrun.errors import ConfigError, ResumeMismatch
 from clrun.learner import Diverged, Interrupted, Learner
@@ -73,22 +73,24 @@ def device_label(device: torch.device) -> str:
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
-def run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | None = None) -> dict:
+def run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | None = None,
+        sweep_dir: str | Path | None = None) -> dict:
     """Run the experiment described by ``cfg`` (a composed clrun config) and write its CSVs to ``out_dir``.
 
     Returns the metrics row. Works without Hydra globals, so tests and notebooks can call it directly.
     With ``resume=true`` a run continues after the last task checkpointed in ``out_dir``; a run already
     completed there is not redone. ``job_files`` (name -> text, e.g. Hydra's ``.hydra/overrides.yaml``) are
-    written into ``out_dir`` once every setting has been checked: a command that is refused changes no file."""
+    written into ``out_dir`` once every setting has been checked: a command that is refused changes no file.
+    ``sweep_dir``: the sweep the run is a job of; its trackers group the sweep's runs under its name."""
     try:
-        return _run(cfg, out_dir, job_files)
+        return _run(cfg, out_dir, job_files, Path(sweep_dir) if sweep_dir else None)
     finally:
         # learner <-> method references form cycles: without a collection here a sweep's next job builds its
         # stream while the last one's is still alive (R-MNIST: 5 GB a stream, peak RSS 10 GB from job 2 on)
         gc.collect()
 
 
-def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | None) -> dict:
+def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | None, sweep_dir: Path | None) -> dict:
     t_start = time.perf_counter()
     reset_peak_rss()
     out_dir = Path(out_dir)
@@ -139,6 +141,9 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
                       check_step=bool(OmegaConf.select(cfg, "check_step", default=False)),
                       skip_limit=float(OmegaConf.select(cfg, "skip_limit", default=0.1)),
                       log_every=OmegaConf.select(cfg, "log_every", default=None))
+    trackers = tracking.Trackers([checks.build(node, f"logger.{name}")
+                                  for name, node in (OmegaConf.select(cfg, "logger") or {}).items()])
+    trackers.require()
     ident = ckpt.identity(cfg)
     state = None
     if cfg.resume:
@@ -190,6 +195,18 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
         io.write_R(out_dir, R)  # the untrained model's row survives a run that stops in its first task
     row = metrics_row("running", start_task)
     io.write_metrics(out_dir, row)
+    if trackers:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config.pop("logger", None)
+        trackers.start(tracking.RunInfo(out_dir, out_dir.name, sweep_dir.name if sweep_dir else "clrun",
+                                        sweep_dir or out_dir, tracking.flatten(config)), log_rows)
+        if state is None:
+            trackers.task_done(R, 0)  # the untrained model's row
+
+    def on_log_row(log_row: dict) -> None:
+        log_rows.append(log_row)
+        if trackers:
+            trackers.log_row(log_row)
 
     def snapshot(tasks_done: int) -> dict:
         wall = {**clock, "wall": clock["wall"] + time.perf_counter() - t_start}  # wall time adds up across resumes
@@ -202,7 +219,7 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
                 progress = _progress_bar(f"task {t + 1}/{T} {stream.tasks[t].name}", bool(cfg.quiet), bars)
                 t0 = time.perf_counter()
                 try:
-                    learner.train_task(t, int(cfg.epochs), cfg.iters, progress=progress, on_log_row=log_rows.append)
+                    learner.train_task(t, int(cfg.epochs), cfg.iters, progress=progress, on_log_row=on_log_row)
                 finally:
                     clock["train"] += time.perf_counter() - t0
                     for b in bars:
@@ -210,6 +227,8 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
                 t0 = time.perf_counter()
                 R[t + 1] = learner.evaluate_all(t)
                 clock["eval"] += time.perf_counter() - t0
+                if trackers:
+                    trackers.task_done(R, t + 1)
                 if cfg.checkpoint:  # before the CSVs: a run whose CSVs say task t is done can resume from t
                     ckpt.save(out_dir, snapshot(t + 1), ident)
                 io.write_R(out_dir, R)
@@ -229,11 +248,16 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
                               "fix permissions, then resume with resume=true") from err
         except Exception as err:
             _stopped(out_dir, metrics_row("failed", row["tasks_done"]), f"{type(err).__name__}: {err}", log_rows)
+            if trackers:
+                trackers.finish("failed")
             raise
     if cfg.plots and row["status"] == "completed":
         from clrun import plots  # matplotlib only when plotting
 
         plots.plot_dir(out_dir)
+    if trackers:
+        trackers.final(row, out_dir)
+        trackers.finish(row["status"])
     if not cfg.quiet:
         print(io.r_frame(R).round(4).to_string())
     print(final_line(row, out_dir))  # even with quiet=true: the result and where it is

@@ -106,7 +106,7 @@ def test_every_plot_writes_a_non_empty_png(tmp_path):
     made = plots.plot_dir(tmp_path)
     made += plots.plot_dir(tmp_path / "1-20-0")
     names = {p.name for p in made}
-    assert names == {"methods.png", "lam.png", "buffer.png", "R.png", "task_accuracy.png"}
+    assert names == {"methods.png", "lam.png", "buffer.png", "R.png", "task_accuracy.png", "loss.png"}
     for p in made:
         assert p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG"
 
