@@ -50,10 +50,12 @@ def _hydra_main(cfg: DictConfig) -> float | tuple[float, float]:
 
 def objective(row: dict | None, direction) -> float | tuple[float, float]:
     """What an optimising sweeper reads: ACC; with two directions (``hydra/sweeper=optuna
-    'hydra.sweeper.direction=[maximize,minimize]'``), (ACC, forgetting) for a Pareto front. NaN for a job
-    that did not complete: Optuna records it as failed."""
-    acc = float(row["ACC"]) if row and row.get("status") == "completed" else float("nan")
-    fgt = float(row["forgetting"]) if row and row.get("status") == "completed" else float("nan")
+    'hydra.sweeper.direction=[maximize,minimize]'``), (ACC, forgetting) for a Pareto front. A job that did not
+    complete (diverged, failed) is the worst point, ACC 0 and forgetting 1: the study steers away from it and
+    goes on (the Optuna sweeper stops on a NaN), while the job's own CSVs say what happened."""
+    done = row is not None and row.get("status") == "completed"
+    acc = float(row["ACC"]) if done else 0.0
+    fgt = float(row["forgetting"]) if done else 1.0
     two = direction is not None and not isinstance(direction, str) and len(direction) == 2
     return (acc, fgt) if two else acc
 

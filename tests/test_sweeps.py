@@ -217,3 +217,29 @@ def test_quiet_prints_one_line_and_a_run_names_its_directory(tmp_path):
     assert f"clrun: run directory {tmp_path / 'l'}" in loud.stderr
     assert loud.stdout.strip().splitlines()[-1].endswith(str(tmp_path / "l"))
     assert "after_task_2" in loud.stdout  # the R table
+
+
+def test_objective_gives_optuna_acc_or_acc_and_forgetting():
+    from clrun.app import objective
+
+    row = {"status": "completed", "ACC": 0.8, "forgetting": 0.1}
+    assert objective(row, None) == 0.8 and objective(row, "maximize") == 0.8
+    assert objective(row, ["maximize", "minimize"]) == (0.8, 0.1)
+    # a run that diverged is the worst point, never a good one (and no NaN, on which the sweeper stops)
+    assert objective({"status": "diverged", "ACC": 0.1, "forgetting": 0.0}, ["maximize", "minimize"]) == (0.0, 1.0)
+    assert objective(None, "maximize") == 0.0
+
+
+def test_an_optuna_study_searches_lam_and_clrun_select_reads_its_pareto_front(tmp_path, capsys):
+    proc, sweep = _sweep(tmp_path, "method=ewc", "benchmark.n_tasks=2", "hydra/sweeper=optuna",
+                         "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=3",
+                         "hydra.sweeper.direction=[maximize,minimize]", "lam=tag(log,interval(0.1,100))")
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert len(summary) == 3 and summary.lam.nunique() == 3 and (summary.status == "completed").all()
+    front = report.pareto_front(sweep)
+    assert 1 <= len(front) <= 3 and {"lam", "ACC", "forgetting"} <= set(front.columns)
+    best = summary.loc[summary.ACC.idxmax()]
+    assert best.ACC == pytest.approx(front.ACC.max(), abs=1e-4)  # the best-ACC trial is on the front
+    assert report.select_main([str(sweep), "--max-forgetting", "1"]) == 0
+    assert "Pareto front of the Optuna study" in capsys.readouterr().out
