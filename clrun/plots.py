@@ -213,8 +213,10 @@ def figure_vs(by_cfg: pd.DataFrame, key: str, metrics: tuple[str, ...], log_x: b
     """Metric(s) against ``key`` (lam or buffer), one line per configuration of the other varied settings,
     95% CI as error bars where a point pools two or more seeds."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
-    data = by_cfg[pd.to_numeric(by_cfg[key], errors="coerce").notna() & (by_cfg["n"] > 0)].copy()
+    numeric = pd.to_numeric(by_cfg[key], errors="coerce").notna()
+    data = by_cfg[numeric & (by_cfg["n"] > 0)].copy()
     data[key] = pd.to_numeric(data[key])
+    lost = pd.to_numeric(by_cfg.loc[numeric & (by_cfg["n"] == 0), key])  # every run failed or diverged
     lines = [k for k in varying(by_cfg) if k not in (key, OVERRIDE_PREFIX + key)] or ["method"]
     for ax, metric in zip(axes[0], metrics):
         for _, grp in data.groupby(lines, sort=True):
@@ -227,11 +229,15 @@ def figure_vs(by_cfg: pd.DataFrame, key: str, metrics: tuple[str, ...], log_x: b
             n = "/".join(sorted({str(int(v)) for v in grp["n"]}))
             ax.errorbar(grp[key], mean, yerr=yerr, marker="o", capsize=3, alpha=0.85,
                         label=f"{_label(grp.iloc[0], lines)} (n={n})")
+        if len(lost):  # at the axis' foot, in data coordinates so that the x range takes them in
+            low = ax.get_ylim()[0]
+            ax.plot(lost, [low] * len(lost), "x", color="tab:red", ms=8, clip_on=False, zorder=3,
+                    label=f"{key} with no completed run ({len(lost)})")
         if log_x:
             ax.set_xscale("log")
         ax.set_xlabel(key + (" (log scale)" if log_x else " (samples)"))
-        ax.set_ylabel(f"{metric} (mean over seeds; 95% CI where n >= 2)")
-        ax.set_title(f"{metric} vs {key}")
+        ax.set_ylabel(f"{metric} (mean over seeds)")
+        ax.set_title(f"{metric} vs {key} (95% CI where n >= 2)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
@@ -254,7 +260,10 @@ def figure_methods(by_cfg: pd.DataFrame):
     for ax, metric, color in zip(axes, ("ACC", "forgetting"), ("tab:blue", "tab:red")):
         mean = by_cfg[f"{metric}_mean"]
         ci = by_cfg[f"{metric}_ci95"].where(by_cfg["n"] >= 2).fillna(0)
-        ax.barh(y, mean.fillna(0), xerr=ci, color=color, alpha=0.75, capsize=3)
+        ax.barh(y, mean.fillna(0), color=color, alpha=0.75)
+        pooled = (by_cfg["n"] >= 2).to_numpy()
+        if pooled.any():  # a seed alone has no interval: no bar rather than a bar of zero width
+            ax.errorbar(mean[pooled], y[pooled], xerr=ci[pooled], fmt="none", ecolor="black", capsize=3)
         for i in np.flatnonzero(mean.isna().to_numpy()):
             ax.text(0.01, y[i], "no completed run", va="center", fontsize=8, color="black")
         ax.set_xlabel(f"{metric} (mean over seeds; 95% CI where n >= 2)")

@@ -171,9 +171,8 @@ def test_report_table_and_plot_name_every_varied_setting_and_keep_failed_configu
     red = [t.get_text() for t in acc_ax.get_yticklabels() if t.get_color() == "tab:red"]
     assert len(red) == 2
     # error bars only where a mean pools two or more seeds
-    bars = [c for c in acc_ax.containers if hasattr(c, "errorbar") and c.errorbar is not None]
-    widths = [seg[1][0] - seg[0][0] for seg in bars[0].errorbar.lines[2][0].get_segments()]
-    assert sum(w > 0 for w in widths) == sum(by_cfg.n >= 2)
+    (errorbars,) = [c for c in acc_ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    assert len(errorbars.lines[2][0].get_segments()) == sum(by_cfg.n >= 2) == 5
 
 
 def test_combined_reports_name_the_benchmark_and_selection_is_per_scenario(tmp_path):
@@ -183,6 +182,8 @@ def test_combined_reports_name_the_benchmark_and_selection_is_per_scenario(tmp_p
         for lam, acc, fgt in ((1, 0.6, 0.3), (100, 0.55, 0.05)):
             _job(tmp_path / bench, f"lam={lam}", [f"benchmark={bench}", f"lam={lam}"], benchmark=bench,
                  method="ewc", lam=lam, ACC=acc, forgetting=fgt)
+    _job(tmp_path / "split_mnist", "lam=10000", ["benchmark=split_mnist", "lam=10000"], status="diverged",
+         benchmark="split_mnist", method="ewc", lam=10000, ACC=float("nan"), forgetting=float("nan"))
     by_cfg = report.by_config(report.collect(tmp_path / "split_mnist", tmp_path / "permuted_mnist"))
     assert "benchmark" in report.varying(by_cfg) and "benchmark" in report.table(by_cfg).splitlines()[0]
     labels = [t.get_text() for t in plots.figure_methods(by_cfg).axes[0].get_yticklabels()]
@@ -191,8 +192,11 @@ def test_combined_reports_name_the_benchmark_and_selection_is_per_scenario(tmp_p
     assert sorted(best.benchmark) == ["permuted_mnist", "split_mnist"] and (best.lam == 100).all()
     fig = plots.figure_vs(by_cfg, "lam", ("ACC", "forgetting"), log_x=True)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert sorted(legend) == ["benchmark=permuted_mnist (n=1)", "benchmark=split_mnist (n=1)"]
-    assert fig.axes[0].get_xlabel() == "lam (log scale)" and fig.axes[1].get_title() == "forgetting vs lam"
+    assert sorted(legend) == ["benchmark=permuted_mnist (n=1)", "benchmark=split_mnist (n=1)",
+                              "lam with no completed run (1)"]  # the diverged lam is marked, not dropped
+    assert fig.axes[0].get_xlabel() == "lam (log scale)"
+    assert fig.axes[1].get_title() == "forgetting vs lam (95% CI where n >= 2)"
+    assert fig.axes[0].get_ylabel() == "ACC (mean over seeds)"
 
 
 def test_a_sweep_warns_once_about_a_setting_the_method_ignores_and_ends_with_its_table(tmp_path):
