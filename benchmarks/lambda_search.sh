@@ -8,10 +8,11 @@ common=(quiet=true plots=false method=ewc benchmark=permuted_mnist seed=0)
 # exit status 3: some jobs diverged (large lam at this lr): they are part of the answer, not a failure here
 clrun -m "${common[@]}" lam=1,3,10,30,100,300,1000,3000,10000 hydra.sweep.dir="$out/grid" || [ $? -eq 3 ]
 clrun -m "${common[@]}" hydra/sweeper=optuna hydra/sweeper/sampler=motpe \
-  hydra.sweeper.sampler.n_startup_trials=3 hydra.sweeper.sampler.seed=0 hydra.sweeper.n_trials=6 \
+  hydra.sweeper.sampler.n_startup_trials=3 hydra.sweeper.sampler.seed=0 hydra.sweeper.n_trials=12 \
   'hydra.sweeper.direction=[maximize,minimize]' 'lam=tag(log,interval(1,10000))' \
   hydra.sweep.dir="$out/optuna" || [ $? -eq 3 ]
 for tol in 0.03 0.05; do
   clrun-select "$out/grid" --max-forgetting $tol -o "$out/grid"
   clrun-select "$out/optuna" --max-forgetting $tol -o "$out/optuna"
 done
+python "$(dirname "$0")/collect_lambda_search.py" "$out"   # -> benchmarks/results_lambda_search.csv

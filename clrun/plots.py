@@ -37,6 +37,10 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_R(run_dir: str | Path) -> Path:
+    return _save(figure_R(run_dir), Path(run_dir) / "R.png")
+
+
+def figure_R(run_dir: str | Path):
     """R as an annotated heatmap; outlined: just learned (diagonal), read by FWT (the task before it is
     trained, against row init) and by BWT (the last row)."""
     run_dir = Path(run_dir)
@@ -71,10 +75,14 @@ def plot_R(run_dir: str | Path) -> Path:
                 ("tab:red", "--", "BWT: after the last task")]]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
     fig.colorbar(im, ax=ax, label="accuracy")
-    return _save(fig, run_dir / "R.png")
+    return fig
 
 
 def plot_task_curves(run_dir: str | Path) -> Path:
+    return _save(figure_task_curves(run_dir), Path(run_dir) / "task_accuracy.png")
+
+
+def figure_task_curves(run_dir: str | Path):
     """Accuracy of each task as the stream goes on: the walk out of each task's basin."""
     run_dir = Path(run_dir)
     R = pd.read_csv(run_dir / io.R_FILE, index_col=0)
@@ -90,7 +98,7 @@ def plot_task_curves(run_dir: str | Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Accuracy of each task over the stream\n{_run_title(run_dir)}", fontsize=10)
     ax.legend(fontsize=8, ncol=2 if T > 6 else 1, loc="lower left")
-    return _save(fig, run_dir / "task_accuracy.png")
+    return fig
 
 
 def plot_loss(run_dir: str | Path) -> Path:
@@ -135,6 +143,10 @@ def _axes_text(ax, xlabel: str, ylabel: str, title: str) -> None:
 
 
 def plot_interference(run_dir: str | Path) -> Path:
+    return _save(figure_interference(run_dir), Path(run_dir) / "interference.png")
+
+
+def figure_interference(run_dir: str | Path):
     """From interference.csv: the old/new gradient cosine over each new task's steps, one line per old task;
     and the first-order predicted old-task loss changes against the observed ones."""
     run_dir = Path(run_dir)
@@ -159,10 +171,14 @@ def plot_interference(run_dir: str | Path) -> Path:
     _axes_text(ax2, "observed old-task loss change since the task began", "first-order prediction",
                "Predicted vs observed forgetting (loss)")
     fig.suptitle(_run_title(run_dir), fontsize=9)
-    return _save(fig, run_dir / "interference.png")
+    return fig
 
 
 def plot_spectrum(run_dir: str | Path) -> Path:
+    return _save(figure_spectrum(run_dir), Path(run_dir) / "spectrum.png")
+
+
+def figure_spectrum(run_dir: str | Path):
     """From spectrum.csv / spectrum_layers.csv: the top-k Fisher eigenvalues after each task (log scale), and
     each layer's share of the top-k eigenvector mass."""
     run_dir = Path(run_dir)
@@ -181,7 +197,7 @@ def plot_spectrum(run_dir: str | Path) -> Path:
         bottom += pivot[layer].to_numpy()
     _axes_text(ax2, "after task", "share of top-k eigenvector mass", "Where the sharp directions live")
     fig.suptitle(_run_title(run_dir), fontsize=9)
-    return _save(fig, run_dir / "spectrum.png")
+    return fig
 
 
 def _value(v) -> str:

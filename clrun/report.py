@@ -154,10 +154,12 @@ def table(by_cfg: pd.DataFrame, keys: list[str] | None = None) -> str:
     for k in shown:  # settings as written (200, not 200.0000); none as blank
         frame[k] = frame[k].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
                                 else f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
+    sources = sorted({str(v) for v in by_cfg.get("data_source", []) if str(v) not in ("", "nan")})
+    note = f"\n(data: {', '.join(sources)})" if "embedded-5k" in sources and "data_source" not in shown else ""
     frame = frame.rename(columns=lambda c: c if not c.startswith(OVERRIDE_PREFIX) else
                          f"{c.removeprefix(OVERRIDE_PREFIX)} (given)" if c.removeprefix(OVERRIDE_PREFIX) in shown
                          else c.removeprefix(OVERRIDE_PREFIX))
-    return frame.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+    return frame.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-") + note
 
 
 def select(by_cfg: pd.DataFrame, max_forgetting: float) -> pd.DataFrame:

@@ -177,6 +177,20 @@ def test_run_writes_diagnostics_tables_and_plots(tmp_path):
     assert list(layers.columns) == io.SPECTRUM_LAYER_COLUMNS
     assert layers.groupby("after_task")["mass"].sum().round(3).tolist() == [5.0, 5.0]
     assert (tmp_path / "interference.png").exists() and (tmp_path / "spectrum.png").exists()
+    from clrun import plots
+
+    cos_ax, pred_ax = plots.figure_interference(tmp_path).axes
+    assert cos_ax.get_title() == "Gradient interference with each old task"
+    assert cos_ax.get_ylabel() == "cos(g_old, g_new)"
+    assert [t.get_text() for t in cos_ax.get_legend().get_texts()] == ["old task 1"]
+    assert pred_ax.get_xlabel() == "observed old-task loss change since the task began"
+    assert [t.get_text() for t in pred_ax.get_legend().get_texts()] == ["y = x", "-lr sum g_old . g_new",
+                                                                        "g_old . (actual update)"]
+    eig_ax, mass_ax = plots.figure_spectrum(tmp_path).axes
+    assert eig_ax.get_title() == "Top-k Fisher spectrum of each task" and eig_ax.get_yscale() == "log"
+    assert [t.get_text().split(" (")[0] for t in eig_ax.get_legend().get_texts()] == ["after task 1", "after task 2"]
+    assert mass_ax.get_title() == "Where the sharp directions live"
+    assert len(mass_ax.get_legend().get_texts()) == len(layers.layer.unique())
 
 
 @pytest.mark.parametrize("override, message", [

@@ -279,6 +279,16 @@ def test_log_every_writes_a_curve_into_log_csv_and_the_loss_plot_draws_it(tmp_pa
     assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["task 1", "task 2"]
     assert loss_ax.lines[1].get_xdata().tolist() == [8, 10, 12]  # task 2 drawn after task 1's 6 steps
     assert fig._suptitle.get_text() == "naive on synthetic (class_il), seed 0"
+    (r_ax, _colorbar) = plots.figure_R(tmp_path).axes
+    assert r_ax.get_title() == "Accuracy matrix R: naive on synthetic (class_il), seed 0"
+    assert (r_ax.get_xlabel(), r_ax.get_ylabel()) == ("evaluated on", "model after")
+    assert [t.get_text() for t in r_ax.get_yticklabels()] == ["init", "after_task_1", "after_task_2"]
+    assert [t.get_text() for t in r_ax.get_legend().get_texts()] == [
+        "just learned (R_jj)", "FWT: before training (vs init)", "BWT: after the last task"]
+    (curve_ax,) = plots.figure_task_curves(tmp_path).axes
+    assert curve_ax.get_title().startswith("Accuracy of each task over the stream")
+    assert (curve_ax.get_xlabel(), curve_ax.get_ylabel()) == ("tasks trained", "accuracy")
+    assert [t.get_text() for t in curve_ax.get_legend().get_texts()] == ["task 1", "task 2"]
 
 
 def test_clrun_help_is_clruns_own(tmp_path):

@@ -200,15 +200,23 @@ def test_combined_reports_name_the_benchmark_and_selection_is_per_scenario(tmp_p
 
 
 def test_a_sweep_warns_once_about_a_setting_the_method_ignores_and_ends_with_its_table(tmp_path):
-    proc, sweep = _sweep(tmp_path, "method=naive", "lam=10,1000", "benchmark.n_tasks=2")
+    proc, sweep = _sweep(tmp_path, "method=naive", "lam=10,1000", "scenario=task_il,class_il",
+                         "benchmark.n_tasks=2", "plots=true")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("clrun: warning: lam has no effect on method=naive") == 1
-    finals = [line for line in proc.stdout.splitlines() if line.startswith("ACC=")]
-    assert sorted(line.split()[-1] for line in finals) == [str(sweep / "lam=10"), str(sweep / "lam=1000")]
-    table = proc.stdout[proc.stdout.index(" lam "):].splitlines()
-    assert table[0].split()[:3] == ["lam", "n", "ACC_mean"]  # what the sweep varied, though naive ignored it
-    assert [row.split()[0] for row in table[1:3]] == ["10", "1000"]
-    assert "clrun: 2 jobs (2 completed); summaries in" in proc.stdout
+    finals = sorted(line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("ACC="))
+    assert finals == [str(sweep / f"lam={lam},scenario={s}") for lam in (10, 1000) for s in ("class_il", "task_il")]
+    lines = proc.stdout.splitlines()
+    table = lines[[i for i, line in enumerate(lines) if line.split()[:1] == ["scenario"]][0]:]
+    assert table[0].split()[:4] == ["scenario", "lam", "n", "ACC_mean"]  # what the sweep varied
+    assert sorted(tuple(row.split()[:2]) for row in table[1:5]) == [
+        ("class_il", "10"), ("class_il", "1000"), ("task_il", "10"), ("task_il", "1000")]
+    assert "clrun: 4 jobs (4 completed); summaries in" in proc.stdout
+    labels = [t.get_text() for t in plots.figure_methods(pd.read_csv(sweep / "summary_by_config.csv")).axes[0]
+              .get_yticklabels()]
+    assert sorted(labels) == ["scenario=class_il lam=10 (n=1)", "scenario=class_il lam=1000 (n=1)",
+                              "scenario=task_il lam=10 (n=1)", "scenario=task_il lam=1000 (n=1)"]
+    assert (sweep / "methods.png").exists()
 
 
 def test_quiet_prints_one_line_and_a_run_names_its_directory(tmp_path):
