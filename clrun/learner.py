@@ -300,7 +300,8 @@ class Learner:
 
     def _weights_finite(self) -> Tensor:
         """A 0-d bool tensor, on the device: no host sync until the caller reads it."""
-        return torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        # a NaN or inf anywhere makes its parameter's sum, and the sum of the sums, non-finite: one reduction each
+        return torch.isfinite(torch.stack([p.detach().sum() for p in self.model.parameters()]).sum())
 
     def fit(self, task_id: int, epochs: int, loss_fn: Callable[[Tensor, Tensor], Tensor],
             parameters: list[nn.Parameter], lr: float, generator: torch.Generator, eval_mode: bool) -> None:

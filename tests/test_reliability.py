@@ -16,7 +16,7 @@ from tests.conftest import FAST, clrun_cmd, make_cfg
 from tests.test_data import write_idx
 
 # long enough per task (a few seconds) to be killed in the middle of one
-SLOW_TASKS = [*FAST, "epochs=1000", "benchmark.n_tasks=5"]
+SLOW_TASKS = [*FAST, "epochs=500", "benchmark.n_tasks=5"]
 
 
 def _wait_for_tasks(out, n, proc, timeout=120):
@@ -191,8 +191,8 @@ def _bad_inputs(tmp_path):
 
 
 # the command line's own checks, and one representative of run()'s: exit status, one line, no traceback
-CLI_CASES = {"method=nosuch", "benchmark=nosuch", "scenario=nosuch", "model=nosuch", "nosuchkey=1", "lam=abc",
-             "epochs=0", "optimizer.momentum=-1", "checkpoint=no", "benchmark.n_tasks=3"}
+CLI_CASES = {"method=nosuch", "nosuchkey=1", "lam=abc", "optimizer.momentum=-1", "checkpoint=no",
+             "benchmark.n_tasks=3"}
 
 
 def _needs_cli(overrides):
@@ -201,7 +201,7 @@ def _needs_cli(overrides):
 
 def test_bad_inputs_fail_fast_with_a_clear_one_line_message(tmp_path):
     cases = [c for c in _bad_inputs(tmp_path) if _needs_cli(c[0])]
-    assert len(cases) >= 10
+    assert len(cases) >= 6
 
     def attempt(case):
         overrides, code, message = case
@@ -225,11 +225,14 @@ def test_bad_inputs_fail_fast_with_a_clear_one_line_message(tmp_path):
 
 def test_every_bad_setting_is_refused_by_run_before_any_file_is_written(tmp_path):
     cases = [c for c in _bad_inputs(tmp_path) if not _needs_cli(c[0])]
-    assert len(cases) >= 35
+    assert len(cases) >= 39
     for i, (overrides, code, message) in enumerate(cases):
-        assert code == 2
-        out = tmp_path / "run" / str(i)
         base = FAST if "benchmark=permuted_mnist" not in overrides else ["quiet=true", "plots=false"]
+        if code == 1:  # Hydra's own refusal (an unknown group option): composing fails, nothing runs
+            with pytest.raises(Exception, match=message.split("/")[-1]):
+                make_cfg(*base, *overrides)
+            continue
+        out = tmp_path / "run" / str(i)
         with pytest.raises(ClrunError) as err:
             run(make_cfg(*base, *overrides), out)
         assert message in str(err.value) and "\n" not in str(err.value), (overrides, str(err.value))
@@ -357,7 +360,6 @@ def test_resume_cli_refusals_print_one_line_and_change_no_file(tmp_path):
     before = files(part)
     commands = [("--resume", str(part), "lr=abc"), ("--resume", str(part), "seed=1"),
                 ("--resume", str(part), "model.hidden=[32]"), ("--resume", str(part), "benchmark.n_tasks=2"),
-                ("--resume", str(part), "method=ewc"), ("--resume", str(part), "optimizer.momentum=-1"),
                 ("--resume", str(crafted))]
 
     def attempt(args):
@@ -370,7 +372,7 @@ def test_resume_cli_refusals_print_one_line_and_change_no_file(tmp_path):
         assert proc.stderr.strip().splitlines()[-1].startswith("clrun: error: "), (args, proc.stderr[-400:])
         assert "Traceback" not in proc.stderr
     assert "seed: 0 -> 1" in results[1][1].stderr and "model.hidden" in results[2][1].stderr
-    assert "method._target_" in results[4][1].stderr
+    assert "sets method._target_=clrun.io.atomic_write_text" in results[4][1].stderr
     assert files(part) == before
     assert not (tmp_path / "written").exists()
 
