@@ -67,8 +67,6 @@ def _run_job(cfg: DictConfig, out_dir: Path, sweeping: bool, job_files: dict[str
         run_mod.record_not_started(cfg, out_dir, f"not started: the sweep was stopped by {run_mod.stop_signal()}",
                                    job_files)
         return "interrupted", None
-    if not sweeping and not cfg.quiet:
-        print(f"clrun: run directory {out_dir}", file=sys.stderr)
     try:
         row = run(cfg, out_dir, job_files=job_files, sweep_dir=Path(HydraConfig.get().sweep.dir) if sweeping else None)
     except ClrunError as err:

@@ -108,9 +108,15 @@ def varying(frame: pd.DataFrame) -> list[str]:
     text = frame.apply(lambda col: col.map(lambda v: "" if pd.isna(v) else str(v)))
     keys = [k for k in config_columns(frame) if k != "overrides_no_seed" and text[k].nunique() > 1]
 
+    def same(given: str, value: str) -> bool:
+        try:
+            return float(given) == float(value)
+        except ValueError:
+            return given == value
+
     def repeats(k: str) -> bool:  # ov:lam says nothing the lam column does not (unless a method ignored lam)
         plain = k.removeprefix(OVERRIDE_PREFIX)
-        return k != plain and plain in keys and (text.groupby(plain)[k].nunique() <= 1).all()
+        return k != plain and plain in keys and all(g == "" or same(g, v) for g, v in zip(text[k], text[plain]))
 
     return [k for k in keys if not repeats(k)]
 

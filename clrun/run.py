@@ -10,6 +10,7 @@ import os
 import random
 import resource
 import signal
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -152,6 +153,8 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
         checks.check_disk(out_dir, learner)
 
     # everything is checked: only now may the run's files change
+    if not cfg.quiet:
+        print(f"clrun: run directory {out_dir}", file=sys.stderr)
     io.remove_temp_files(out_dir)
     if not (cfg.resume and (out_dir / "config.yaml").exists()):  # a resume keeps the record of what was run
         for name, text in (job_files or {}).items():

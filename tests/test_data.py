@@ -128,3 +128,18 @@ def test_normalize_false_gives_raw_unit_pixels(tmp_path, monkeypatch):
     assert raw.train_x.min() >= 0 and raw.train_x.max() <= 1 and raw.train_x.max() > 0.99
     mean, sd = datamod._STATS["mnist"]
     assert torch.allclose(std.train_x, (raw.train_x - mean[0]) / sd[0], atol=1e-5)
+
+
+def test_the_command_line_refuses_a_missing_named_root_in_one_line(tmp_path):
+    import subprocess
+
+    from tests.conftest import clrun_cmd
+
+    proc = subprocess.run(clrun_cmd(f"data.root={tmp_path / 'nonexistent'}", f"hydra.run.dir={tmp_path / 'run'}"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"clrun: error: data.root={tmp_path / 'nonexistent'} does not exist; it should hold "
+        "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (create it to download into it, or leave data.root "
+        "unset for the default cache)"]
+    assert not any((tmp_path / "run").iterdir())
