@@ -43,7 +43,7 @@ def _hydra_main(cfg: DictConfig) -> float | tuple[float, float]:
         if warning not in _WARNED:  # once per sweep, not once per job
             _WARNED.add(warning)
             print(f"clrun: warning: {warning}", file=sys.stderr)
-    status, row = _run_job(cfg, out_dir, sweeping, job_files)
+    status, row = _run_job(cfg, out_dir, Path(hc.sweep.dir) if sweeping else None, job_files)
     JOB_STATUSES.append(status)
     return objective(row, OmegaConf.select(hc, "sweeper.direction"))
 
@@ -60,15 +60,17 @@ def objective(row: dict | None, direction) -> float | tuple[float, float]:
     return (acc, fgt) if two else acc
 
 
-def _run_job(cfg: DictConfig, out_dir: Path, sweeping: bool, job_files: dict[str, str]) -> tuple[str, dict | None]:
-    """One job: its status in this process (refused: a bad command, or a directory holding another run) and
-    its metrics row."""
+def _run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None,
+             job_files: dict[str, str]) -> tuple[str, dict | None]:
+    """One job (of the sweep in ``sweep_dir``, if any): its status in this process (refused: a bad command, or
+    a directory holding another run) and its metrics row."""
+    sweeping = sweep_dir is not None
     if run_mod.stop_signal():  # an earlier job of this sweep was interrupted: the rest are not started
         run_mod.record_not_started(cfg, out_dir, f"not started: the sweep was stopped by {run_mod.stop_signal()}",
                                    job_files)
         return "interrupted", None
     try:
-        row = run(cfg, out_dir, job_files=job_files, sweep_dir=Path(HydraConfig.get().sweep.dir) if sweeping else None)
+        row = run(cfg, out_dir, job_files=job_files, sweep_dir=sweep_dir)
     except ClrunError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import pickle
 import sys
-import tempfile
 import types
 from collections import OrderedDict
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from clrun import io
 from clrun.errors import CheckpointError, ResumeMismatch
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -185,20 +184,11 @@ def run_modules(*objects: Any) -> frozenset[str]:
 
 # ---- files
 def save(out_dir: Path, state: dict, ident: dict[str, Any]) -> None:
-    """torch.save through a temp file and os.replace: a kill mid-write leaves the previous checkpoint."""
+    """torch.save through a temp file and os.replace (io.atomic_write_bytes): a kill mid-write leaves the
+    previous checkpoint."""
     payload = {"format": FORMAT, "version": VERSION, "identity": ident, "identity_hash": identity_hash(ident),
                "state": encode(state)}
-    path = Path(out_dir) / CHECKPOINT_FILE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    io.atomic_write_bytes(Path(out_dir) / CHECKPOINT_FILE, lambda f: torch.save(payload, f))
 
 
 def load(out_dir: Path, ident: dict[str, Any], modules: frozenset[str], device: str = "cpu") -> dict | None:

@@ -120,13 +120,17 @@ def _available_memory(device: torch.device) -> int | None:
         return None
 
 
+def sample_bytes(in_shape: tuple[int, ...], n_outputs: int) -> int:
+    """One replay-buffer sample: float32 inputs and logits, int64 label, task id and reservoir key."""
+    return 4 * (math.prod(in_shape) + n_outputs) + 3 * 8
+
+
 def check_memory(method: Any, stream: Any, scenario: Scenario, device: torch.device) -> None:
     """A replay memory that cannot fit is refused before it is allocated (buffer=1e9 would ask for 256 GB)."""
     size = getattr(method, "buffer_size", None)
     if not size:
         return
-    per_sample = 4 * (math.prod(stream.in_shape) + scenario.n_outputs) + 3 * 8  # inputs, logits, label/task/key
-    need, free = int(size) * per_sample, _available_memory(device)
+    need, free = int(size) * sample_bytes(stream.in_shape, scenario.n_outputs), _available_memory(device)
     if free is not None and need > free:
         raise ConfigError(f"buffer={size} needs about {need / 2**30:.1f} GiB for its samples of shape "
                           f"{tuple(stream.in_shape)}, but {free / 2**30:.1f} GiB is available on {device}; use a "
@@ -156,7 +160,7 @@ def check_disk(out_dir: Path, learner: Any) -> None:
     """Room for a checkpoint (model, a copy per method snapshot, replay memory) before the first task."""
     params = sum(p.numel() * p.element_size() for p in learner.model.parameters())
     buffered = sum(getattr(m, "buffer_size", 0) or 0 for m in learner.methods)
-    per_sample = 4 * (math.prod(learner.stream.in_shape) + learner.scenario.n_outputs) + 24
+    per_sample = sample_bytes(learner.stream.in_shape, learner.scenario.n_outputs)
     need = 4 * params + buffered * per_sample + 2**20  # the temp file and the old one coexist a moment
     free = shutil.disk_usage(out_dir).free
     if need > free:

@@ -180,8 +180,8 @@ def load(name: str, root: str | None = None, download: bool = True, seed: int = 
     """
     # a root the user named (data.root, CLRUN_DATA) must hold the data; the embedded sample is only for the
     # zero-configuration first run
-    named = f"data.root={root}" if root else f"CLRUN_DATA={os.environ['CLRUN_DATA']}" if os.environ.get(
-        "CLRUN_DATA") else None
+    env = os.environ.get("CLRUN_DATA")
+    named = f"data.root={root}" if root else f"CLRUN_DATA={env}" if env else None
     root = root or default_root()
     key = (name, str(Path(root).resolve()), download, seed, normalize)
     if key in _CACHE:

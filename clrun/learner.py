@@ -234,11 +234,8 @@ class Learner:
         single_task = bool((ids_all == task_id).all())  # once per task, not a host sync per step
         self.model.train()
         while step < total:
-            t0 = time.perf_counter()
             order = torch.randperm(n, generator=self.generator).to(self.device)
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), device=self.device, dtype=torch.long)
-            seen, epoch_steps, skipped = 0, 0, 0
+            sums = _Interval(self.device)  # this epoch's loss and accuracy, summed on the device
             for s in range(0, n, self.batch_size):
                 if step >= total:
                     break
@@ -256,7 +253,7 @@ class Learner:
                         for p, old in zip(self.model.parameters(), snapshot):
                             p.copy_(old)
                     self.optimizer.state.clear()
-                    skipped += 1
+                    sums.skipped += 1
                     skipped_in_task += 1
                     interval.skipped += 1
                     step += 1
@@ -267,27 +264,20 @@ class Learner:
                     for o in self.observers:
                         o.after_step()
                 # accumulate on-device: no host sync per step
-                loss_sum += loss * len(idx)
-                pred = self.scenario.masked(logits, ids, task_id).argmax(1)
-                hits = (pred == batch.y).sum()
-                correct += hits
-                seen += len(idx)
+                weighted = loss * len(idx)
+                hits = (self.scenario.masked(logits, ids, task_id).argmax(1) == batch.y).sum()
+                sums.add(weighted, hits, len(idx))
                 step += 1
-                epoch_steps += 1
                 if log_every:
-                    interval.add(loss, hits, len(idx))
+                    interval.add(weighted, hits, len(idx))
                     if step % log_every == 0 and on_log_row:  # one host sync per log_every steps
                         on_log_row(interval.row(task_id, epoch, step))
                 if tick:
                     tick(1)
-            if self.on_nan == "stop" and not bool(torch.isfinite(loss_sum) & self._weights_finite()):  # one sync
+            if self.on_nan == "stop" and not bool(torch.isfinite(sums.loss) & self._weights_finite()):  # one sync
                 raise Diverged(f"loss or weights became non-finite in task {task_id + 1}, epoch {epoch + 1} "
                                "(on_nan=stop); lower lr or lam")
-            row = {"task": task_id + 1, "epoch": epoch + 1, "kind": "epoch", "step": step, "steps": epoch_steps,
-                   # no step kept: no loss to log
-                   "loss": float(loss_sum) / seen if seen else math.nan,
-                   "train_acc": int(correct) / seen if seen else math.nan,
-                   "seconds": time.perf_counter() - t0, "skipped_steps": skipped}
+            row = sums.row(task_id, epoch, step, kind="epoch")
             rows.append(row)
             if on_log_row:
                 on_log_row(row)
@@ -360,7 +350,8 @@ class _Objective(Method):
 
 
 class _Interval:
-    """Loss and accuracy summed on the device over the steps since the last curve row."""
+    """Loss and accuracy summed on the device over a stretch of steps: an epoch, or the steps since the last
+    curve row (log_every)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -371,15 +362,16 @@ class _Interval:
         self.correct = torch.zeros((), device=self.device, dtype=torch.long)
         self.seen, self.steps, self.skipped, self.t0 = 0, 0, 0, time.perf_counter()
 
-    def add(self, loss: Tensor, hits: Tensor, n: int) -> None:
-        self.loss += loss * n
+    def add(self, weighted_loss: Tensor, hits: Tensor, n: int) -> None:
+        self.loss += weighted_loss
         self.correct += hits
         self.seen += n
         self.steps += 1
 
-    def row(self, task_id: int, epoch: int, step: int) -> dict:
+    def row(self, task_id: int, epoch: int, step: int, kind: str = "interval") -> dict:
+        """A log.csv row; with no step kept (all skipped), no loss or accuracy to log."""
         seen = self.seen
-        row = {"task": task_id + 1, "epoch": epoch + 1, "kind": "interval", "step": step, "steps": self.steps,
+        row = {"task": task_id + 1, "epoch": epoch + 1, "kind": kind, "step": step, "steps": self.steps,
                "loss": float(self.loss) / seen if seen else math.nan,
                "train_acc": int(self.correct) / seen if seen else math.nan,
                "seconds": time.perf_counter() - self.t0, "skipped_steps": self.skipped}

@@ -257,8 +257,11 @@ class Trackers:
 
     def start(self, info: RunInfo, log_rows: list[dict]) -> None:
         """Start every tracker; on resume, the global step continues after the restored rows' tasks."""
-        self.offset = sum(max(r["step"] for r in log_rows if r["task"] == t) for t in {r["task"] for r in log_rows}
-                          if any(r.get("kind") == "epoch" and r["task"] == t for r in log_rows))
+        steps_per_task: dict[int, int] = {}  # a task's last epoch row holds its step count
+        for r in log_rows:
+            if r.get("kind") == "epoch":
+                steps_per_task[r["task"]] = int(r["step"])
+        self.offset = sum(steps_per_task.values())
         for t in self.trackers:
             t.start(info)
 
