@@ -7,7 +7,3 @@ __version__ = "0.1.0"
 # `${default:${lam},100}`: a method's own default when the top-level number is null
 if not OmegaConf.has_resolver("default"):
     OmegaConf.register_new_resolver("default", lambda value, fallback: fallback if value is None else value)
-
-# `${by:${buffer},{200: 0.01, 500: 0.1}}`: a published protocol's setting that depends on another setting
-if not OmegaConf.has_resolver("by"):
-    OmegaConf.register_new_resolver("by", lambda key, table: table[key])

@@ -12,18 +12,21 @@ from pathlib import Path
 from typing import NoReturn
 
 import hydra
+from hydra import compose as compose_hydra
+from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from clrun import io
+from clrun import io, papers
 from clrun import run as run_mod
 from clrun.errors import ClrunError
 from clrun.report import SweepSummary
 from clrun.run import run
 
 _WARNED: set[str] = set()
+_NOTES: list[str] = []  # what the command line was completed with, said once its settings are accepted
 JOB_STATUSES: list[str] = []  # the statuses of the jobs this process ran: a sweep's exit code
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("clrun")
@@ -38,6 +41,17 @@ def _hydra_main(cfg: DictConfig) -> float | tuple[float, float]:
     if cfg.threads is None and n_jobs:  # parallel jobs share the cores: jobs x threads = cores
         cores = os.cpu_count() or 1
         cfg.threads = max(1, cores // (cores if n_jobs < 0 else n_jobs))
+    try:
+        papers.apply(cfg, list(hc.overrides.task), hc.runtime.choices)
+    except ClrunError as err:
+        if not sweeping:
+            fail(str(err))
+        _record_failure(cfg, out_dir, err, _job_files(cfg, hc))
+        JOB_STATUSES.append("refused")  # a sweep records the refused job and goes on
+        print(f"clrun: error: {err}", file=sys.stderr)
+        return objective(None, OmegaConf.select(hc, "sweeper.direction"))
+    while _NOTES:
+        print(f"clrun: {_NOTES.pop(0)}", file=sys.stderr)
     job_files = _job_files(cfg, hc)
     for warning in unused_settings(cfg, list(hc.overrides.task)):
         if warning not in _WARNED:  # once per sweep, not once per job
@@ -166,6 +180,7 @@ def main() -> None:
         sys.argv = [sys.argv[0], *overrides, *rest, f"hydra.run.dir={run_dir}", "resume=true"]
     check_output_dirs(sys.argv[1:])
     sweeping = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    sys.argv = [sys.argv[0], *paper_arguments(sys.argv[1:], sweeping)]
     if sweeping:  # a Ctrl-C stops the whole sweep (the jobs left are not started), and its summary is written
         run_mod.handle_stop_signals()
         sys.argv = [sys.argv[0], *name_jobs_by_swept_keys(sys.argv[1:])]
@@ -178,6 +193,45 @@ def main() -> None:
     if sweeping and bad:
         print(f"clrun: error: not every job completed: {bad}", file=sys.stderr)
         sys.exit(3)
+
+
+def paper_arguments(argv: list[str], sweeping: bool) -> list[str]:
+    """``argv`` with old preset names replaced (and a warning each) and, for a paper preset run without ``-m``,
+    the first value of each key its sweep varies that the command does not set, said on stderr."""
+    try:
+        argv, warnings = papers.rewrite_aliases(argv)
+    except ClrunError as err:
+        fail(str(err))
+    for warning in warnings:
+        print(f"clrun: warning: {warning}", file=sys.stderr)
+    preset = papers.selects_paper(argv)
+    if sweeping or preset is None or any(a.startswith("-") for a in argv):  # --help, --cfg, --resume: as given
+        return argv
+    overrides = [a for a in argv if "=" in a]
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            composed = compose_hydra(config_name="config", overrides=overrides, return_hydra_config=True)
+    except Exception:  # Hydra reports a bad override itself, with its own message
+        return argv
+    params = OmegaConf.to_container(composed.hydra.sweeper.params or {})
+    given = {a.partition("=")[0].lstrip("+~") for a in overrides}
+    cell = papers.first_cell(params, given)
+    if cell:  # said once the preset has accepted the command
+        _NOTES.append(f"paper={preset} without -m runs its first cell: {' '.join(cell)} (clrun -m paper={preset} "
+                      "runs the whole sweep)")
+    return [*argv, *cell]
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The config the clrun command would run for ``overrides``, with a paper preset's per-method settings
+    applied, and no Hydra globals: for notebooks and tests (``run(compose("method=ewc"), out_dir)``)."""
+    rewritten, _ = papers.rewrite_aliases(list(overrides))
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose_hydra(config_name="config", overrides=rewritten, return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return papers.apply(cfg, rewritten, choices)
 
 
 def fail(message: str) -> NoReturn:

@@ -211,9 +211,10 @@ def write_summaries(*roots: str | Path, out: str | Path | None = None) -> tuple[
 
 
 def _protocol(job_dir: str) -> dict:
+    """The paper preset a run followed (``paper``; ``protocol`` in run directories from before conf/paper/)."""
     f = Path(job_dir) / "config.yaml"
-    cfg = yaml.safe_load(f.read_text()) if f.exists() else {}
-    return (cfg or {}).get("protocol") or {}
+    cfg = (yaml.safe_load(f.read_text()) if f.exists() else {}) or {}
+    return cfg.get("paper") or cfg.get("protocol") or {}
 
 
 def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
@@ -392,7 +393,7 @@ def report_main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", help="where to write summary.csv and summary_by_config.csv "
                    "(default: the directory, when there is one)")
     p.add_argument("--compare-paper", action="store_true",
-                   help="runs of published presets (+experiment=...): the paper's number next to clrun's, per cell "
+                   help="runs of published presets (paper=...): the paper's number next to clrun's, per cell "
                         "(compare_paper.csv and a markdown table)")
     a = p.parse_args(argv)
     if len(a.dirs) > 1 and not a.out:
@@ -408,7 +409,7 @@ def report_main(argv: list[str] | None = None) -> int:
         paper = compare_paper(summary)
         io.atomic_write_csv(Path(a.out or a.dirs[0]) / COMPARE_FILE, paper)
         if paper.empty:
-            print("no completed run of a preset with published results (clrun -m +experiment=NAME)")
+            print("no completed run of a preset with published results (clrun -m paper=PAPER/PRESET)")
             return 1
         print(markdown_table(paper))
     elif not grouped.empty:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from clrun import checkpoint as ckpt
-from clrun import checks, io, tracking
+from clrun import checks, io, papers, tracking
 from clrun.diagnostics import Diagnostics
 from clrun.errors import ConfigError, ResumeMismatch
 from clrun.learner import Diverged, Interrupted, Learner
@@ -95,6 +95,7 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
     t_start = time.perf_counter()
     reset_peak_rss()
     out_dir = Path(out_dir)
+    papers.check_applied(cfg)
     checks.check_output_dir(out_dir)
     checks.validate(cfg)
     if cfg.resume:

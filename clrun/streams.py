@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -200,21 +201,32 @@ def _class_split(name, x, y, ex, ey, class_order: list[int], n_tasks: int, offse
     return tasks
 
 
-def _order(n_classes: int, seed: int, fixed: bool) -> list[int]:
+SHUFFLE_RNGS = ("torch", "numpy")
+
+
+def _order(n_classes: int, seed: int, fixed: bool, shuffle_rng: str = "torch") -> list[int]:
     if fixed:
         return list(range(n_classes))
+    if shuffle_rng == "numpy":
+        # van de Ven & Tolias's data.py: np.random.seed(seed); class c is relabelled p[c] and task k takes the new
+        # labels 2k, 2k+1, so the task's classes are p's inverse, in the order of their new labels
+        p = np.random.RandomState(seed).permutation(n_classes)
+        return np.argsort(p).tolist()
+    if shuffle_rng != "torch":
+        raise ConfigError(f"benchmark.shuffle_rng={shuffle_rng!r} is not one of {', '.join(SHUFFLE_RNGS)}")
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n_classes, generator=g).tolist()
 
 
 def split(dataset: str = "mnist", n_tasks: int = 5, stream_seed: int = 0, fixed_class_order: bool = False,
-          val_fraction: float = 0.0, data_root: str | None = None, download: bool = True, normalize: bool = True,
-          name: str | None = None, **dataset_kwargs) -> Stream:
+          shuffle_rng: str = "torch", val_fraction: float = 0.0, data_root: str | None = None, download: bool = True,
+          normalize: bool = True, name: str | None = None, **dataset_kwargs) -> Stream:
     """Class-incremental split of ``dataset`` into ``n_tasks`` groups of classes (order fixed by seed, or
-    0-1/2-3/... with ``fixed_class_order``)."""
+    0-1/2-3/... with ``fixed_class_order``). ``shuffle_rng="numpy"`` draws the order as van de Ven & Tolias's code
+    does, so seed s pairs the classes as their run s did."""
     ds = _load(dataset, data_root, download, stream_seed, dataset_kwargs, normalize)
     x, y, ex, ey, split_name = _split_val(ds, val_fraction, stream_seed)
-    order = _order(ds.n_classes, stream_seed, fixed_class_order)
+    order = _order(ds.n_classes, stream_seed, fixed_class_order, shuffle_rng)
     tasks = _class_split(name or f"split_{dataset}", x, y, ex, ey, order, n_tasks)
     return Stream(name or f"split_{dataset}", tasks, tuple(ds.train_x.shape[1:]), ds.source, split_name,
                   {"class_order": order})

@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from clrun.app import CONF_DIR
+from clrun.app import compose
 
 # tests run on two cores: keep torch from oversubscribing them
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -16,9 +15,8 @@ FAST = ["benchmark=synthetic", "quiet=true", "device=cpu", "lr=0.1", "model.hidd
 
 
 def make_cfg(*overrides: str):
-    """A composed clrun config, as Hydra would give it, without Hydra globals."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    """A composed clrun config, as the clrun command would run it, without Hydra globals."""
+    return compose(*overrides)
 
 
 def clrun_cmd(*args: str) -> list[str]:

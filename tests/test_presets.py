@@ -1,7 +1,7 @@
-"""Published-protocol presets (conf/experiment): each composes with its settings intact, every cell of its
-sweep runs a tiny step on the synthetic stream, and clrun-report --compare-paper lines runs up with the paper."""
+"""Published-protocol presets (conf/paper/<paper>/<preset>.yaml): each composes with its settings intact, every
+cell of its sweep runs a tiny step on the synthetic stream, a method the paper did not tune is refused, and
+clrun-report --compare-paper lines runs up with the paper."""
 
-import importlib.util
 import itertools
 import subprocess
 from pathlib import Path
@@ -9,17 +9,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy import stats
 
 from clrun.app import CONF_DIR
 from clrun.checks import build
+from clrun.errors import ConfigError
 from clrun.methods.base import Method
+from clrun.papers import EXPERIMENT_ALIASES
 from clrun.report import collect, compare_paper, holm, markdown_table, report_main, welch_test
 from clrun.run import run
 from tests.conftest import clrun_cmd, make_cfg
 
-PRESETS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+PAPERS = Path(CONF_DIR) / "paper"
+PRESETS = sorted(f"{p.parent.name}/{p.stem}" for p in PAPERS.glob("*/*.yaml") if p.stem != "common")
 # the preset's own stream type on generated data, 2 tasks, 1 step each
 TINY = ["benchmark.dataset=synthetic", "benchmark.name=tiny", "benchmark.n_tasks=2", "iters=1", "quiet=true",
         "plots=false", "device=cpu", "checkpoint=false"]
@@ -27,19 +31,22 @@ TINY = ["benchmark.dataset=synthetic", "benchmark.name=tiny", "benchmark.n_tasks
 REPLACED = {"benchmark", "iters", "quiet", "plots", "device", "checkpoint"}
 
 
+def _sweep_params(preset: str) -> dict:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        with_hydra = compose(config_name="config", overrides=[f"paper={preset}"], return_hydra_config=True)
+    return dict(with_hydra.hydra.sweeper.params or {})
+
+
 def _sweep_cells(preset: str) -> list[list[str]]:
-    with_hydra = OmegaConf.load(Path(CONF_DIR) / "experiment" / f"{preset}.yaml")
-    params = dict(OmegaConf.select(with_hydra, "hydra.sweeper.params") or {})
+    params = _sweep_params(preset)
     params.pop("seed", None)
     keys = list(params)
     values = [str(params[k]).split(",") for k in keys]
     return [[f"{k}={v}" for k, v in zip(keys, combo)] for combo in itertools.product(*values)]
 
 
-def test_there_are_presets():
-    assert {"der_seq_mnist", "der_seq_mnist_base", "der_perm_mnist", "der_perm_mnist_base", "der_rot_mnist",
-            "der_rot_mnist_base", "vandeven_split_mnist", "vandeven_split_mnist_icarl", "vandeven_perm_mnist",
-            "vandeven_perm_mnist_icarl", "gem_mnist_perm", "gem_mnist_rot", "agem_perm_mnist"} <= set(PRESETS)
+def test_there_are_presets_and_every_old_name_maps_to_one():
+    assert set(EXPERIMENT_ALIASES.values()) == set(PRESETS)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -48,9 +55,9 @@ def test_preset_cells_compose_intact_and_run_a_tiny_step(tmp_path, preset):
     assert cells, f"{preset} has no sweep"
     methods_run: set[str] = set()
     for i, cell in enumerate(cells):
-        full = make_cfg(f"+experiment={preset}", *cell)
-        tiny = make_cfg(f"+experiment={preset}", *cell, *TINY)
-        assert full.protocol.name != "none"
+        full = make_cfg(f"paper={preset}", *cell)
+        tiny = make_cfg(f"paper={preset}", *cell, *TINY)
+        assert full.paper.name.split("/")[0] == preset.split("/")[0]
         full_c, tiny_c = (OmegaConf.to_container(c, resolve=True) for c in (full, tiny))
         for key in set(full_c) - REPLACED:
             assert tiny_c[key] == full_c[key], f"{preset} {cell}: {key} changed by the tiny overrides"
@@ -62,49 +69,49 @@ def test_preset_cells_compose_intact_and_run_a_tiny_step(tmp_path, preset):
 
 
 def test_protocol_specific_settings_reach_the_method():
-    der = make_cfg("+experiment=der_seq_mnist", "method=derpp", "buffer=500")
+    der = make_cfg("paper=der2020/seq_mnist_buffer", "method=derpp", "buffer=500")
     assert (der.lr, der.method.alpha, der.method.beta, der.method.replay_batch_size) == (0.03, 1.0, 0.5, 10)
     assert der.batch_size == 10 and list(der.model.hidden) == [100, 100] and der.benchmark.fixed_class_order
-    ewc = make_cfg("+experiment=vandeven_split_mnist", "method=ewc", "scenario=class_il")
+    ewc = make_cfg("paper=vandeven2019/split_mnist", "method=ewc", "scenario=class_il")
     assert ewc.method.lam == 1e8 and ewc.optimizer._target_ == "torch.optim.Adam" and ewc.iters == 2000
     assert ewc.method.fisher == "predicted" and ewc.method.fisher_samples is None
     # the 2019 code's online EWC multiplies its running Fisher by gamma once more: lam = o_lambda * gamma
-    oewc = make_cfg("+experiment=vandeven_split_mnist", "method=online_ewc", "scenario=domain_il")
+    oewc = make_cfg("paper=vandeven2019/split_mnist", "method=online_ewc", "scenario=domain_il")
     assert (oewc.method.lam, oewc.method.gamma, oewc.method.online) == (7e7, 0.7, True)
     # the published input (raw pixels) and, for mammoth's class-IL, the whole head in the loss
     assert not der.data.normalize and der.scenario.train_units == "all" and ewc.scenario.train_units == "seen"
-    perm = make_cfg("+experiment=der_perm_mnist", "method=derpp", "buffer=5120")
+    perm = make_cfg("paper=der2020/perm_mnist_buffer", "method=derpp", "buffer=5120")
     assert (perm.lr, perm.method.alpha, perm.method.beta, perm.benchmark.n_tasks) == (0.2, 0.5, 1.0, 20)
     # mammoth's SI (clipped gradients of the total loss) and ewc_on (p(y|x)-weighted Fisher)
-    si = make_cfg("+experiment=der_rot_mnist_base", "method=si").method
-    assert (si.path_grad, si.clip_value, make_cfg("+experiment=der_perm_mnist_base", "method=online_ewc").method.fisher
+    si = make_cfg("paper=der2020/rot_mnist", "method=si").method
+    assert (si.path_grad, si.clip_value, make_cfg("paper=der2020/perm_mnist", "method=online_ewc").method.fisher
             ) == ("total", 1.0, "weighted_empirical")
-    rot = make_cfg("+experiment=der_rot_mnist", "method=agem", "buffer=500")
+    rot = make_cfg("paper=der2020/rot_mnist_buffer", "method=agem", "buffer=500")
     assert rot.lr == 0.3 and rot.benchmark.random_angles and rot.scenario.name == "domain_il"
-    vdv = make_cfg("+experiment=vandeven_perm_mnist", "method=si", "scenario=class_il")
+    vdv = make_cfg("paper=vandeven2019/perm_mnist", "method=si", "scenario=class_il")
     assert (vdv.benchmark.pad, vdv.benchmark.n_tasks, vdv.iters, vdv.lr, vdv.method.lam) == (2, 10, 5000, 1e-4, 0.1)
     assert vdv.method.path_grad == "total"
     assert list(vdv.model.hidden) == [1000, 1000] and not vdv.reset_optimizer and not vdv.data.normalize
-    agem = make_cfg("+experiment=agem_perm_mnist", "method=agem")
+    agem = make_cfg("paper=agem2019/perm_mnist", "method=agem")
     assert (agem.benchmark.n_tasks, agem.batch_size, agem.buffer, agem.method.replay_batch_size) == (17, 10, 4250, 256)
     assert agem.benchmark.train_per_task is None and not agem.data.normalize and agem.lr == 0.1
     # van de Ven's code pairs the digits at random per seed; mammoth's 2020 LwF and iCaRL as the DER paper ran them
     assert not ewc.benchmark.fixed_class_order
-    lwf = make_cfg("+experiment=der_seq_mnist_base", "method=lwf")
+    lwf = make_cfg("paper=der2020/seq_mnist", "method=lwf")
     assert (lwf.method.warmup_epochs, lwf.method.train_units, lwf.method.alpha, lwf.optimizer.weight_decay,
             lwf.method.warmup_lr) == (1, "seen", 0.25, 0.001, 0.03)
-    icarl = make_cfg("+experiment=der_seq_mnist", "method=icarl", "buffer=500").method
+    icarl = make_cfg("paper=der2020/seq_mnist_buffer", "method=icarl", "buffer=500").method
     assert (icarl.replay, icarl.loss_units, icarl.class_means, icarl.merged_inputs) == (
         "merged", "mean", "raw", "stored")
     # the command line still wins over a preset
-    assert make_cfg("+experiment=der_seq_mnist", "method=er", "buffer=200", "lr=0.5").lr == 0.5
-    # no preset: no protocol, and clrun's own defaults
-    assert make_cfg("method=er").protocol.name == "none" and make_cfg("method=er").lr == 0.01
+    assert make_cfg("paper=der2020/seq_mnist_buffer", "method=er", "buffer=200", "lr=0.5").lr == 0.5
+    # no preset: no paper, and clrun's own defaults
+    assert make_cfg("method=er").paper is None and make_cfg("method=er").lr == 0.01
 
 
 def test_multirun_of_a_preset_and_compare_paper(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    subprocess.run(clrun_cmd("-m", "+experiment=der_seq_mnist_base", "method=naive,joint", "seed=0,1", *TINY,
+    subprocess.run(clrun_cmd("-m", "paper=der2020/seq_mnist", "method=naive,joint", "seed=0,1", *TINY,
                              f"hydra.sweep.dir={sweep}"), check=True, capture_output=True)
     summary = collect(sweep)
     assert len(summary) == 4 and (summary.status == "completed").all()
@@ -120,7 +127,7 @@ def test_multirun_of_a_preset_and_compare_paper(tmp_path, capsys):
     naive = table.set_index("method").loc["naive"]
     assert naive.paper_ACC == 19.60 and naive["diff"] == pytest.approx(naive.clrun_ACC - 19.60)
     assert report_main([str(sweep), "--compare-paper"]) == 0
-    assert "| der_seq_mnist | naive | class_il |" in capsys.readouterr().out
+    assert "| der2020/seq_mnist | naive | class_il |" in capsys.readouterr().out
     assert (sweep / "compare_paper.csv").exists()
 
 
@@ -135,7 +142,7 @@ def test_compare_paper_puts_published_forgetting_next_to_clruns(tmp_path):
                                             ("joint", 0.96, 0.0)]):
         job = tmp_path / str(i)
         job.mkdir()
-        (job / "config.yaml").write_text(OmegaConf.to_yaml({"protocol": proto}))
+        (job / "config.yaml").write_text(OmegaConf.to_yaml({"paper": proto}))
         rows.append({"job_dir": str(job), "status": "completed", "method": method, "scenario": "domain_il",
                      "benchmark": "permuted_mnist", "buffer": 4250, "ACC": acc, "forgetting": fgt,
                      "wall_seconds": 60.0,
@@ -237,25 +244,62 @@ def test_compare_paper_tells_out_of_the_papers_spread_from_a_different_mean(tmp_
     assert f"| +1.40 | yes | {table.loc['er', 'p_value']:.3f} | **yes** |" in lines["er"]
 
 
-def test_table_pvalues_adds_the_test_to_a_printed_table_once(tmp_path):
-    """benchmarks/table_pvalues.py gives the README's p-values for rows pooled by hand: it must read the printed
-    cells as the report writes them, use the protocol's run count, and not stack columns on a second pass."""
-    spec = importlib.util.spec_from_file_location("table_pvalues", Path(CONF_DIR).parent / "benchmarks" /
-                                                  "table_pvalues.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    table = ["| protocol | method | scenario | buffer | paper | clrun (mean ± std, n) | diff | within | min/run |",
-             "|---|---|---|---|---|---|---|---|---|",
-             "| der_seq_mnist | naive | class_il |  | 19.60 ± 0.04 (std) | 19.53 ± 0.24 (10) | -0.07 | **no** | 0.1 |",
-             "| vandeven_perm_mnist | joint | domain_il |  | 97.59 ± 0.01 (sem) | 97.86 ± 0.05 (5) | +0.27 | **no** "
-             "| 2.4 |",
-             "| agem_perm_mnist | joint | domain_il |  | 95.30 (no spread) | 95.50 ± 0.08 (5) | +0.20 | – | 2.8 |"]
-    out = module.add_columns(table)
-    assert out[0].endswith("| within | p (Welch) | differs (Holm 5%) | min/run |") and out[1].count("---") == 11
-    # DER: std over its 10 runs; van de Ven: a SEM over 5 runs is the standard error itself
-    p_der = welch_test(-0.07, 0.04 / 10**0.5, 9, 0.24 / 10**0.5, 9)[2]
-    p_vdv = welch_test(0.27, 0.01, 4, 0.05 / 5**0.5, 4)[2]
-    assert f"| **no** | {p_der:.3f} | no | 0.1 |" in out[2]
-    assert p_vdv < 0.001 and "| **no** | <0.001 | **yes** | 2.4 |" in out[3]
-    assert "| – | – | – | 2.8 |" in out[4]
-    assert module.add_columns(out) == out
+def test_a_method_the_paper_did_not_tune_is_refused_naming_the_ones_it_did(tmp_path):
+    with pytest.raises(ConfigError, match=r"method=lwf has no settings in paper=der2020/perm_mnist_buffer .*"
+                       r"covers agem, der, derpp, er, gem, joint, naive, online_ewc, si\..*paper\.untuned=defaults"):
+        make_cfg("paper=der2020/perm_mnist_buffer", "method=lwf")
+    # the old name, on the command line: one line, exit 2, nothing written
+    out = tmp_path / "run"
+    proc = subprocess.run(clrun_cmd("+experiment=der_perm_mnist", "method=lwf", f"hydra.run.dir={out}"),
+                          capture_output=True, text=True)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert proc.returncode == 2 and len(errors) == 1 and not (out.exists() and any(out.iterdir()))
+    assert "its tuning covers agem, der, derpp, er, gem, joint, naive, online_ewc, si" in errors[0]
+    assert "+experiment=der_perm_mnist is deprecated and goes in clrun 0.3: use paper=der2020/perm_mnist_buffer" in (
+        proc.stderr)
+    # the explicit opt-in runs the method as clrun's defaults have it, on the paper's protocol
+    lwf = make_cfg("paper=der2020/perm_mnist_buffer", "method=lwf", "paper.untuned=defaults")
+    assert lwf.lr == 0.01 and lwf.paper.applied == {} and lwf.benchmark.n_tasks == 20
+    with pytest.raises(ConfigError, match="paper.untuned='maybe' is not one of error, defaults"):
+        make_cfg("paper=der2020/perm_mnist_buffer", "method=lwf", "paper.untuned=maybe")
+    with pytest.raises(ConfigError, match="der_perm is not a preset: the old preset names are"):
+        make_cfg("+experiment=der_perm")
+
+
+def test_paper_settings_are_yaml_tables_the_command_line_overrides_and_config_yaml_records():
+    der = make_cfg("paper=der2020/seq_mnist_buffer", "method=der", "buffer=500")
+    assert der.paper.applied == {"lr": 0.03, "method.alpha": 1.0, "method.replay_batch_size": 128}
+    assert "methods" not in der.paper  # config.yaml says what ran, not every method's table
+    # a setting the command gives wins, and so does a top-level number the method's setting follows
+    mine = make_cfg("paper=der2020/seq_mnist_buffer", "method=der", "buffer=500", "lr=0.5", "method.alpha=0.1")
+    assert (mine.lr, mine.method.alpha, mine.paper.applied) == (0.5, 0.1, {"method.replay_batch_size": 128})
+    assert make_cfg("paper=vandeven2019/split_mnist", "method=si", "scenario=domain_il", "lam=3").method.lam == 3
+    assert make_cfg("paper=vandeven2019/split_mnist", "method=si", "scenario=domain_il").method.lam == 500
+    # a buffer the paper did not tune is refused with the buffers it did
+    with pytest.raises(ConfigError, match="buffer=300 has no settings for method=der in paper=der2020/seq_mnist_"
+                                          "buffer: its by_buffer table lists 200, 500, 5120"):
+        make_cfg("paper=der2020/seq_mnist_buffer", "method=der", "buffer=300")
+    # no interpolation string hides a lookup table: every table is YAML
+    for f in PAPERS.glob("*/*.yaml"):
+        assert "${by:" not in f.read_text(), f
+
+
+def test_a_preset_composed_by_hydra_alone_is_refused_before_it_runs_without_its_settings(tmp_path):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        bare = compose(config_name="config", overrides=["paper=der2020/seq_mnist", "method=naive", *TINY])
+    with pytest.raises(ConfigError, match="composed without its per-method settings: build the config with "
+                                          r"clrun.app.compose"):
+        run(bare, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_preset_without_multirun_runs_its_first_cell_and_says_so(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(clrun_cmd("paper=der2020/seq_mnist_buffer", *TINY, f"hydra.run.dir={out}"),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert ("paper=der2020/seq_mnist_buffer without -m runs its first cell: method=er seed=0 buffer=200 "
+            "(clrun -m paper=der2020/seq_mnist_buffer runs the whole sweep)") in proc.stderr
+    overrides = OmegaConf.load(out / ".hydra" / "overrides.yaml")
+    assert {"method=er", "seed=0", "buffer=200"} <= set(overrides)
+    assert pd.read_csv(out / "metrics.csv").loc[0, "method"] == "er"
