@@ -17,7 +17,7 @@ METRICS_COLUMNS = [
     "benchmark", "scenario", "method", "regularizers", "lam", "buffer", "seed", "n_tasks", "data_source",
     "eval_split", "status", "tasks_done", "ACC", "forgetting", "BWT", "FWT", "learning_accuracy",
     "wall_seconds", "train_seconds", "eval_seconds", "peak_rss_mb", "parameters", "buffer_bytes", "error",
-    "device",
+    "device", "clrun_version",
 ]
 # kind: "epoch" (one row per epoch) or "interval" (every log_every steps: the curve); step: steps into the task
 LOG_COLUMNS = ["task", "epoch", "kind", "step", "steps", "loss", "train_acc", "seconds", "skipped_steps"]

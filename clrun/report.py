@@ -263,11 +263,31 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
                          "paper_forgetting_spread": cell.get("forgetting_spread", math.nan),
                          "clrun_forgetting": fgt.mean(), "clrun_forgetting_std": fgt.std(ddof=1),
                          "minutes_per_run": sel.wall_seconds.mean() / 60, "device": _devices(sel),
-                         "minutes_by_device": _minutes_by_device(sel)})
+                         "minutes_by_device": _minutes_by_device(sel), "seeds": seed_ranges(sel.get("seed")),
+                         "clrun_version": _versions(sel)})
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame["p_holm"] = holm(frame.p_value)
     return frame
+
+
+def seed_ranges(seeds: pd.Series | None) -> str:
+    """A cell's seeds as the shortest text that names them: ``0-2``, ``1-20``, ``0-2,5``."""
+    values = sorted({int(s) for s in pd.to_numeric(seeds, errors="coerce").dropna()}) if seeds is not None else []
+    parts, start = [], None
+    for i, s in enumerate(values):
+        start = s if start is None else start
+        if i + 1 == len(values) or values[i + 1] != s + 1:
+            parts.append(str(s) if s == start else f"{start}-{s}")
+            start = None
+    return ",".join(parts)
+
+
+def _versions(runs: pd.DataFrame) -> str:
+    """The clrun versions a cell's runs ran with ("" for runs that predate the column)."""
+    if "clrun_version" not in runs:
+        return ""
+    return "; ".join(sorted(runs.clrun_version.dropna().astype(str).unique()))
 
 
 def welch_against_paper(diff: float, spread: float | None, kind: str, runs: int | None, clrun_std: float,

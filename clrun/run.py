@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+import clrun
 from clrun import checkpoint as ckpt
 from clrun import checks, io, papers, tracking
 from clrun.diagnostics import Diagnostics
@@ -174,7 +175,7 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
         "regularizers": "+".join(r.name for r in regularizers),
         "lam": _first_attr([method, *regularizers], "lam"), "buffer": _first_attr([method], "buffer_size"),
         "seed": int(cfg.seed), "n_tasks": T, "data_source": stream.data_source, "eval_split": stream.eval_split,
-        "device": device_label(device),
+        "device": device_label(device), "clrun_version": clrun.__version__,
     }
     clock = {"train": 0.0, "eval": 0.0, "wall": 0.0}
     start_task = 0

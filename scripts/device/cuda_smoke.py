@@ -1,7 +1,7 @@
 """Every method, the diagnostics, low-rank EWC, SupSup's task inference and a preset on CUDA (device=cuda),
 each a short run on the synthetic stream, then the default offline run (device=auto). For machines with a GPU:
 
-    python benchmarks/cuda_smoke.py
+    python scripts/device/cuda_smoke.py
 Prints one line per run and exits non-zero if any run did not complete."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ CASES += [["method=supsup", "method.task_inference=oneshot"], ["method=supsup", 
           ["method=ewc", "method.fisher_form=lowrank", "method.rank=5"],
           ["method=naive", "diagnostics.interference=true", "diagnostics.spectrum=true", "diagnostics.every=5"],
           ["method=er", "+regularizers=[lwf,ewc]"], ["model=cnn", "method=ewc", "method.backend=vmap", "lr=0.01"],
-          ["+experiment=der_seq_mnist", "method=derpp", "benchmark.dataset=synthetic", "benchmark.name=tiny",
+          ["paper=der2020/seq_mnist_buffer", "method=derpp", "benchmark.dataset=synthetic", "benchmark.name=tiny",
            "benchmark.n_tasks=2", "iters=5"]]
 
 

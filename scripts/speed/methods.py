@@ -1,10 +1,10 @@
 """Cost of each method relative to naive fine-tuning, and of the vectorised Fisher against a per-sample loop.
 
-    CLRUN_DATA=../shared/data python benchmarks/bench_methods.py [--reps 3] [--tasks 5] [--methods ewc,er]
+    CLRUN_DATA=../shared/data python scripts/speed/methods.py [--reps 3] [--tasks 5] [--methods ewc,er]
 
 Training time is clrun's ``train_seconds`` (the training loop, including the end-of-task work such as the
-Fisher or exemplar selection, excluding evaluation). Writes benchmarks/results_methods.csv and
-benchmarks/results_fisher.csv and prints both tables.
+Fisher or exemplar selection, excluding evaluation). Writes results/speed/methods.csv and
+results/speed/fisher.csv and prints both tables.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from clrun.models import MLP
 from clrun.run import run
 from clrun.streams import Scenario, permuted
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[2] / "results" / "speed"
 METHODS = ["naive", "ewc", "online_ewc", "si", "mas", "lwf", "er", "agem", "gem", "der", "derpp", "icarl", "pnn",
            "packnet", "supsup"]
 # the scenario each method is timed in: its own where it cannot serve domain-IL
@@ -124,14 +124,14 @@ def main() -> None:
     ap.add_argument("--loop-samples", type=int, default=1_000)
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated; naive is always included")
     ap.add_argument("--skip-fisher", action="store_true")
-    ap.add_argument("--out", default="results_methods.csv", help="file name under benchmarks/")
+    ap.add_argument("--out", default="methods.csv", help="file name under results/speed/")
     a = ap.parse_args()
     methods = ["naive"] + [m for m in a.methods.split(",") if m and m != "naive"]
     torch.set_num_threads(torch.get_num_threads())
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     if not a.skip_fisher:
         fisher = bench_fisher(a.fisher_samples, a.loop_samples)
-        fisher.to_csv(HERE / "results_fisher.csv", index=False, float_format="%.4g")
+        fisher.to_csv(HERE / "fisher.csv", index=False, float_format="%.4g")
         print(fisher.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         rate = dict(zip(fisher.fisher, fisher.samples_per_s))
         loop = rate["per-sample loop (autograd.grad)"]

@@ -1,4 +1,4 @@
-"""What the reference loops (benchmarks/reference_*.py) share, none of it clrun's: MNIST as tensors straight
+"""What the reference loops (scripts/reference/*.py) share, none of it clrun's: MNIST as tensors straight
 from torchvision's files, and a command line that runs the given seeds one after another on one thread."""
 
 from __future__ import annotations

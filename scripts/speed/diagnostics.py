@@ -1,8 +1,8 @@
 """The cost of the diagnostics: permuted MNIST (5 tasks, naive, the defaults), without and with
 ``diagnostics.interference`` / ``diagnostics.spectrum``, median of ``--reps`` runs of each, as a ratio.
 
-    CLRUN_DATA=../shared/data python benchmarks/bench_diagnostics.py --reps 2
-Writes benchmarks/results_diagnostics.csv."""
+    CLRUN_DATA=../shared/data python scripts/speed/diagnostics.py --reps 2
+Writes results/speed/diagnostics.csv."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def main() -> None:
                      "wall_ratio": round(wall / base["wall"], 2), "train_ratio": round(train / base["train"], 2),
                      "reps": a.reps})
     df = pd.DataFrame(rows)
-    df.to_csv(Path(__file__).with_name("results_diagnostics.csv"), index=False)
+    df.to_csv(Path(__file__).resolve().parents[2] / "results" / "speed" / "diagnostics.csv", index=False)
     print(df.to_string(index=False))
 
 

@@ -1,7 +1,7 @@
-"""benchmarks/results_lambda_search.csv from the two sweeps of lambda_search.sh: one row per run, in the order
+"""results/mnist/lambda_search.csv from the two sweeps of lambda_search.sh: one row per run, in the order
 each search ran them (Hydra's job number), with its lam, status, ACC and forgetting.
 
-    python benchmarks/collect_lambda_search.py outputs/lambda_search
+    python scripts/reproduce/collect_lambda_search.py outputs/lambda_search
 """
 
 import sys
@@ -27,5 +27,6 @@ def collect(out: Path) -> pd.DataFrame:
 
 if __name__ == "__main__":
     frame = collect(Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/lambda_search"))
-    frame.to_csv(Path(__file__).parent / "results_lambda_search.csv", index=False, float_format="%.6g")
+    out = Path(__file__).resolve().parents[2] / "results" / "mnist" / "lambda_search.csv"
+    frame.to_csv(out, index=False, float_format="%.6g")
     print(frame.to_string(index=False))

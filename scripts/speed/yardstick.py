@@ -1,10 +1,10 @@
 """clrun's naive run against a hand-written PyTorch loop on the same stream.
 
-    CLRUN_DATA=../shared/data python benchmarks/bench_yardstick.py [--reps 3]
+    CLRUN_DATA=../shared/data python scripts/speed/yardstick.py [--reps 3]
 
 Stream: permuted MNIST, 5 tasks (task 1 the identity), MLP 784-400-400-10, SGD lr 0.01, batch 128, one epoch per
 task, every task evaluated after every task (and before the first). Both run as fresh processes, so wall time is
-process start to exit. Writes benchmarks/results.csv (medians) and prints the ratios clrun / yardstick.
+process start to exit. Writes results/speed/yardstick.csv (medians) and prints the ratios clrun / yardstick.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[2] / "results" / "speed"
 TASKS, BATCH, LR = 5, 128, 0.01
 
 
@@ -118,7 +118,7 @@ def main() -> None:
     med.loc["ratio clrun/yardstick"] = med.loc["clrun"] / med.loc["yardstick"]
     med["eval_share_of_wall"] = med.eval_seconds / med.wall_seconds
     med.loc["ratio clrun/yardstick", "eval_share_of_wall"] = float("nan")
-    med.to_csv(HERE / "results.csv", float_format="%.4g")
+    med.to_csv(HERE / "yardstick.csv", float_format="%.4g")
     print(f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(med.to_string(float_format=lambda v: f"{v:.3f}"))
 

@@ -8,9 +8,9 @@
   (before) against only the K x K Gram matrix and G g (clrun.methods.gem.gem_project now).
 
 Each pair is checked to give the same result, then timed (median of ``--reps`` repetitions of ``--inner`` calls).
-Writes benchmarks/results_kernels.csv.
+Writes results/speed/kernels.csv.
 
-    python benchmarks/bench_kernels.py [--threads 2]
+    python scripts/speed/kernels.py [--threads 2]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from clrun.methods.gem import gem_project
 from clrun.methods.supsup import top_mask
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[2] / "results" / "speed"
 
 
 def timed(fn: Callable[[], object], reps: int, inner: int) -> float:
@@ -96,7 +96,7 @@ def main() -> None:
              lambda g=g, G=G: gem_project(g, G), bool(((old - new).norm() / old.norm()) < 1e-4))
 
     out = pd.DataFrame(rows)
-    out.to_csv(HERE / "results_kernels.csv", index=False, float_format="%.4g")
+    out.to_csv(HERE / "kernels.csv", index=False, float_format="%.4g")
     print(f"torch {torch.__version__}, {a.threads} threads")
     print(out.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full-MNIST experiments whose numbers the README quotes. Run from the repository root:
-#   CLRUN_DATA=../shared/data bash benchmarks/readme_mnist.sh [foundation|regularisation|defaults|replay|dynamic|diagnostics|papers|papers_checks]
+#   CLRUN_DATA=../shared/data bash scripts/reproduce/mnist.sh [foundation|regularisation|defaults|replay|dynamic|diagnostics|papers|papers_checks]
 # Each section writes a sweep directory under outputs/readme/ with summary.csv and summary_by_config.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,14 +32,14 @@ fi
 
 if [[ $what == all || $what == defaults ]]; then
   # every regulariser at its default on the default stream (`clrun method=NAME`), and the grids its default
-  # was chosen from: benchmarks/results_defaults.csv
+  # was chosen from: results/mnist/defaults.csv
   r=$out/defaults
   clrun -m quiet=true plots=false method=naive,ewc,online_ewc,lwf hydra.sweep.dir=$r/base
   clrun -m quiet=true plots=false method=ewc lam=30,50 hydra.sweep.dir=$r/ewc
   clrun -m quiet=true plots=false method=mas method.online=false lam=0.01,0.03,0.1,0.3,1 hydra.sweep.dir=$r/mas_per_task
   clrun -m quiet=true plots=false method=mas method.online=true lam=0.1,0.3,1 hydra.sweep.dir=$r/mas_online
   clrun -m quiet=true plots=false method=si lam=1,10,30,100,300 hydra.sweep.dir=$r/si
-  python benchmarks/collect_defaults.py $r benchmarks/results_defaults.csv
+  python scripts/reproduce/collect_defaults.py $r results/mnist/defaults.csv
 fi
 
 if [[ $what == all || $what == replay ]]; then
@@ -76,55 +76,55 @@ if [[ $what == all || $what == diagnostics ]]; then
 fi
 
 if [[ $what == all || $what == papers ]]; then
-  # the published protocols (conf/experiment), 3 seeds a cell, and the paper-vs-clrun table.
+  # the published protocols (conf/paper), 3 seeds a cell, and the paper-vs-clrun table.
   # One thread per run: two of these commands side by side use the 2 cores better than one run on both.
   r=$out/papers
   o="threads=1 quiet=true plots=false checkpoint=false"
-  clrun -m +experiment=vandeven_split_mnist_icarl $o hydra.sweep.dir=$r/vandeven_split_mnist_icarl
-  clrun -m +experiment=vandeven_split_mnist scenario=task_il,domain_il $o hydra.sweep.dir=$r/vandeven_split_mnist_a
-  clrun -m +experiment=vandeven_split_mnist scenario=class_il $o hydra.sweep.dir=$r/vandeven_split_mnist_b
-  clrun -m +experiment=vandeven_split_mnist method=lwf scenario=class_il seed=3,4,5,6,7,8,9 $o \
+  clrun -m paper=vandeven2019/split_mnist_icarl $o hydra.sweep.dir=$r/vandeven_split_mnist_icarl
+  clrun -m paper=vandeven2019/split_mnist scenario=task_il,domain_il $o hydra.sweep.dir=$r/vandeven_split_mnist_a
+  clrun -m paper=vandeven2019/split_mnist scenario=class_il $o hydra.sweep.dir=$r/vandeven_split_mnist_b
+  clrun -m paper=vandeven2019/split_mnist method=lwf scenario=class_il seed=3,4,5,6,7,8,9 $o \
     hydra.sweep.dir=$r/vandeven_split_mnist_more_seeds_lwf
-  clrun -m +experiment=der_seq_mnist_base $o hydra.sweep.dir=$r/der_seq_mnist_base
-  clrun -m +experiment=der_seq_mnist method=er,agem,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist
-  clrun -m +experiment=der_seq_mnist method=gem $o hydra.sweep.dir=$r/der_seq_mnist_gem
-  clrun -m +experiment=der_seq_mnist method=icarl buffer=200,500,5120 $o hydra.sweep.dir=$r/der_seq_mnist_icarl
+  clrun -m paper=der2020/seq_mnist $o hydra.sweep.dir=$r/der_seq_mnist_base
+  clrun -m paper=der2020/seq_mnist_buffer method=er,agem,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist
+  clrun -m paper=der2020/seq_mnist_buffer method=gem $o hydra.sweep.dir=$r/der_seq_mnist_gem
+  clrun -m paper=der2020/seq_mnist_buffer method=icarl buffer=200,500,5120 $o hydra.sweep.dir=$r/der_seq_mnist_icarl
   # the DER table's third column
-  clrun -m +experiment=der_seq_mnist buffer=5120 method=er,agem,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist_5120
-  clrun -m +experiment=der_seq_mnist buffer=5120 method=gem seed=0,1,2 $o hydra.sweep.dir=$r/der_seq_mnist_5120_gem
+  clrun -m paper=der2020/seq_mnist_buffer buffer=5120 method=er,agem,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist_5120
+  clrun -m paper=der2020/seq_mnist_buffer buffer=5120 method=gem seed=0,1,2 $o hydra.sweep.dir=$r/der_seq_mnist_5120_gem
   # P-MNIST and R-MNIST: 20 tasks
-  clrun -m +experiment=der_perm_mnist_base method=naive,online_ewc,si $o hydra.sweep.dir=$r/der_perm_mnist_base
-  clrun -m +experiment=der_perm_mnist_base method=joint $o hydra.sweep.dir=$r/der_perm_mnist_joint
-  clrun -m +experiment=der_rot_mnist_base method=joint $o hydra.sweep.dir=$r/der_rot_mnist_joint
-  clrun -m +experiment=der_perm_mnist method=er,der,derpp,agem $o hydra.sweep.dir=$r/der_perm_mnist
-  clrun -m +experiment=der_perm_mnist method=gem buffer=200 $o hydra.sweep.dir=$r/der_perm_mnist_gem200
-  clrun -m +experiment=der_perm_mnist method=gem buffer=500 $o hydra.sweep.dir=$r/der_perm_mnist_gem500
-  clrun -m +experiment=der_rot_mnist_base method=naive,online_ewc,si $o hydra.sweep.dir=$r/der_rot_mnist_base
-  clrun -m +experiment=der_rot_mnist method=er,der buffer=200,500 $o hydra.sweep.dir=$r/der_rot_mnist
-  clrun -m +experiment=der_rot_mnist method=derpp,agem buffer=200,500 $o hydra.sweep.dir=$r/der_rot_mnist_b
-  clrun -m +experiment=der_rot_mnist method=gem buffer=200,500 $o hydra.sweep.dir=$r/der_rot_mnist_gem
+  clrun -m paper=der2020/perm_mnist method=naive,online_ewc,si $o hydra.sweep.dir=$r/der_perm_mnist_base
+  clrun -m paper=der2020/perm_mnist method=joint $o hydra.sweep.dir=$r/der_perm_mnist_joint
+  clrun -m paper=der2020/rot_mnist method=joint $o hydra.sweep.dir=$r/der_rot_mnist_joint
+  clrun -m paper=der2020/perm_mnist_buffer method=er,der,derpp,agem $o hydra.sweep.dir=$r/der_perm_mnist
+  clrun -m paper=der2020/perm_mnist_buffer method=gem buffer=200 $o hydra.sweep.dir=$r/der_perm_mnist_gem200
+  clrun -m paper=der2020/perm_mnist_buffer method=gem buffer=500 $o hydra.sweep.dir=$r/der_perm_mnist_gem500
+  clrun -m paper=der2020/rot_mnist method=naive,online_ewc,si $o hydra.sweep.dir=$r/der_rot_mnist_base
+  clrun -m paper=der2020/rot_mnist_buffer method=er,der buffer=200,500 $o hydra.sweep.dir=$r/der_rot_mnist
+  clrun -m paper=der2020/rot_mnist_buffer method=derpp,agem buffer=200,500 $o hydra.sweep.dir=$r/der_rot_mnist_b
+  clrun -m paper=der2020/rot_mnist_buffer method=gem buffer=200,500 $o hydra.sweep.dir=$r/der_rot_mnist_gem
   # the third column (buffer 5120)
-  clrun -m +experiment=der_perm_mnist method=er,der,derpp,agem buffer=5120 $o hydra.sweep.dir=$r/der_perm_mnist_5120
-  clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem buffer=5120 $o hydra.sweep.dir=$r/der_rot_mnist_5120
-  clrun -m +experiment=der_perm_mnist method=gem buffer=5120 $o hydra.sweep.dir=$r/der_perm_mnist_gem5120
-  clrun -m +experiment=der_rot_mnist method=gem buffer=5120 $o hydra.sweep.dir=$r/der_rot_mnist_gem5120
+  clrun -m paper=der2020/perm_mnist_buffer method=er,der,derpp,agem buffer=5120 $o hydra.sweep.dir=$r/der_perm_mnist_5120
+  clrun -m paper=der2020/rot_mnist_buffer method=er,der,derpp,agem buffer=5120 $o hydra.sweep.dir=$r/der_rot_mnist_5120
+  clrun -m paper=der2020/perm_mnist_buffer method=gem buffer=5120 $o hydra.sweep.dir=$r/der_perm_mnist_gem5120
+  clrun -m paper=der2020/rot_mnist_buffer method=gem buffer=5120 $o hydra.sweep.dir=$r/der_rot_mnist_gem5120
   # A-GEM's permuted MNIST (17 tasks of 60,000 samples in batches of 10)
-  clrun -m +experiment=agem_perm_mnist method=agem seed=0,1,2,3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_agem
-  clrun -m +experiment=agem_perm_mnist method=naive seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_a
-  clrun -m +experiment=agem_perm_mnist method=ewc seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_b
-  clrun -m +experiment=agem_perm_mnist method=mas seed=0,1,2,3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_mas
-  clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn
-  clrun -m +experiment=agem_perm_mnist method=joint seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_joint
+  clrun -m paper=agem2019/perm_mnist method=agem seed=0,1,2,3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_agem
+  clrun -m paper=agem2019/perm_mnist method=naive seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_a
+  clrun -m paper=agem2019/perm_mnist method=ewc seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_b
+  clrun -m paper=agem2019/perm_mnist method=mas seed=0,1,2,3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_mas
+  clrun -m paper=agem2019/perm_mnist method=pnn scenario=task_il seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn
+  clrun -m paper=agem2019/perm_mnist method=joint seed=0,1,2 $o hydra.sweep.dir=$r/agem_perm_mnist_joint
   # ... and seeds 3-4, the paper's five runs
-  clrun -m +experiment=agem_perm_mnist method=naive,ewc,joint seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_s34
-  clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn_s34
+  clrun -m paper=agem2019/perm_mnist method=naive,ewc,joint seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_s34
+  clrun -m paper=agem2019/perm_mnist method=pnn scenario=task_il seed=3,4 $o hydra.sweep.dir=$r/agem_perm_mnist_pnn_s34
   # its GEM row: up to 16 memory gradients of 250 samples every step, three seeds side by side, about two hours
-  # on the 2 cores (or on a GPU machine: EXP=agem_perm_mnist CELLS="gem domain_il" bash benchmarks/gpu_cells.sh $r)
+  # on the 2 cores (or on a GPU machine: EXP=agem_perm_mnist CELLS="gem domain_il" bash scripts/device/gpu_cells.sh $r)
   for s in 0 1 2; do
-    clrun -m +experiment=agem_perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
+    clrun -m paper=agem2019/perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
   done; wait
   for s in 3 4; do  # the paper's five runs
-    clrun -m +experiment=agem_perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
+    clrun -m paper=agem2019/perm_mnist method=gem seed=$s $o hydra.sweep.dir=$r/agem_perm_mnist_gem_s$s &
   done; wait
   # cells outside the paper's spread with 3 seeds, at the paper's 10 runs (seeds 3-9 added)
   while read -r exp name args; do
@@ -150,15 +150,15 @@ der_perm_mnist_base oewc method=online_ewc
 CELLS
   # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF and LwF class-IL run
   # here (20-31 CPU-minutes a run); the other 10 cells ran on a GPU machine:
-  #   bash benchmarks/gpu_cells.sh $r   (and SEEDS="3 4" for the class-IL seeds 3-4)
+  #   bash scripts/device/gpu_cells.sh $r   (and SEEDS="3 4" for the class-IL seeds 3-4)
   # and so do the README's later seeds of the domain-IL cells and of LwF (seeds 0-2 below):
   #   CELLS="lwf task_il 3 4, lwf domain_il 3 4, lwf class_il 3 4 5 6, naive domain_il 3 4,
-  #     joint domain_il 3 4, ewc domain_il 3 4, online_ewc domain_il 3 4, si domain_il 3 4" bash benchmarks/gpu_cells.sh $r
-  clrun -m +experiment=vandeven_perm_mnist method=naive,lwf,ewc,si scenario=task_il seed=0,1,2 $o \
+  #     joint domain_il 3 4, ewc domain_il 3 4, online_ewc domain_il 3 4, si domain_il 3 4" bash scripts/device/gpu_cells.sh $r
+  clrun -m paper=vandeven2019/perm_mnist method=naive,lwf,ewc,si scenario=task_il seed=0,1,2 $o \
     hydra.sweep.dir=$r/vandeven_perm_mnist_task_il
-  clrun -m +experiment=vandeven_perm_mnist method=naive,ewc,si,lwf scenario=domain_il seed=0,1,2 $o \
+  clrun -m paper=vandeven2019/perm_mnist method=naive,ewc,si,lwf scenario=domain_il seed=0,1,2 $o \
     hydra.sweep.dir=$r/vandeven_perm_mnist_domain_il
-  clrun -m +experiment=vandeven_perm_mnist method=lwf scenario=class_il seed=0,1,2 $o \
+  clrun -m paper=vandeven2019/perm_mnist method=lwf scenario=class_il seed=0,1,2 $o \
     hydra.sweep.dir=$r/vandeven_perm_mnist_lwf_class_il
   clrun-report "$r"/*/ -o $r --compare-paper | tee $r/compare_paper.md
 fi
@@ -168,36 +168,36 @@ if [[ $what == all || $what == papers_checks ]]; then
   # setting put back to clrun's default
   c=$out/papers_checks
   o="threads=1 quiet=true plots=false checkpoint=false"
-  clrun -m +experiment=der_seq_mnist method=er,der,derpp scenario.train_units=seen $o hydra.sweep.dir=$c/seen_units
-  clrun -m +experiment=der_seq_mnist method=er,der,derpp data.normalize=true $o hydra.sweep.dir=$c/standardised
-  clrun -m +experiment=der_seq_mnist method=er,der,derpp model.init=torch $o hydra.sweep.dir=$c/torch_init
+  clrun -m paper=der2020/seq_mnist_buffer method=er,der,derpp scenario.train_units=seen $o hydra.sweep.dir=$c/seen_units
+  clrun -m paper=der2020/seq_mnist_buffer method=er,der,derpp data.normalize=true $o hydra.sweep.dir=$c/standardised
+  clrun -m paper=der2020/seq_mnist_buffer method=er,der,derpp model.init=torch $o hydra.sweep.dir=$c/torch_init
   # joint as van de Ven train it (incremental: at task t on tasks 1..t) instead of mammoth's one final pass
-  clrun -m +experiment=der_seq_mnist_base method=joint method.schedule=incremental $o \
+  clrun -m paper=der2020/seq_mnist method=joint method.schedule=incremental $o \
     hydra.sweep.dir=$c/joint_incremental
   # the DER table's iCaRL with a memory batch every step and the BCE summed over the units (the first preset),
   # with merged exemplars but the summed BCE, with iCaRL's normalised class means (the preset before), and with
   # mammoth's later class means (pairwise averages of batch means)
   n=method.class_means=normalized
-  clrun -m +experiment=der_seq_mnist method=icarl method.replay=batch method.loss_units=sum $n buffer=200,500,5120 \
+  clrun -m paper=der2020/seq_mnist_buffer method=icarl method.replay=batch method.loss_units=sum $n buffer=200,500,5120 \
     $o hydra.sweep.dir=$c/icarl_batch_replay
-  clrun -m +experiment=der_seq_mnist method=icarl method.loss_units=sum $n buffer=200,500 $o \
+  clrun -m paper=der2020/seq_mnist_buffer method=icarl method.loss_units=sum $n buffer=200,500 $o \
     hydra.sweep.dir=$c/icarl_merged_unit_sum
-  clrun -m +experiment=der_seq_mnist method=icarl method.loss_units=sum $n buffer=5120 $o \
+  clrun -m paper=der2020/seq_mnist_buffer method=icarl method.loss_units=sum $n buffer=5120 $o \
     hydra.sweep.dir=$c/icarl_merged_unit_sum_5120
-  clrun -m +experiment=der_seq_mnist method=icarl $n buffer=200,500,5120 $o hydra.sweep.dir=$c/icarl_normalized_means
-  clrun -m +experiment=der_seq_mnist method=icarl method.class_means=mammoth buffer=200,500,5120 $o \
+  clrun -m paper=der2020/seq_mnist_buffer method=icarl $n buffer=200,500,5120 $o hydra.sweep.dir=$c/icarl_normalized_means
+  clrun -m paper=der2020/seq_mnist_buffer method=icarl method.class_means=mammoth buffer=200,500,5120 $o \
     hydra.sweep.dir=$c/icarl_mammoth_class_means
   # ... and with the exemplars merged as mammoth's 2020 code merges them into MNIST: cast to uint8 without the
   # x255, so near-black (a bug, reproduced to measure it; the preset merges the true exemplars)
-  clrun -m +experiment=der_seq_mnist method=icarl method.merged_inputs=uint8_truncated buffer=200,500,5120 $o \
+  clrun -m paper=der2020/seq_mnist_buffer method=icarl method.merged_inputs=uint8_truncated buffer=200,500,5120 $o \
     hydra.sweep.dir=$c/icarl_mammoth2020_blank_exemplars
   # van de Ven's iCaRL as the presets had it (a memory batch every step, targets at T = 1), and with merged
   # exemplars but iCaRL's T = 1 instead of the authors' T = 2; the permuted ones ran on a GPU:
   #   EXP=vandeven_perm_mnist CELLS="icarl class_il" SEEDS="0 1 2 3 4" EXTRA=method.temperature=1 \
-  #     bash benchmarks/gpu_cells.sh DIR
-  clrun -m +experiment=vandeven_split_mnist_icarl method.replay=batch method.temperature=1 seed=0,1,2 $o \
+  #     bash scripts/device/gpu_cells.sh DIR
+  clrun -m paper=vandeven2019/split_mnist_icarl method.replay=batch method.temperature=1 seed=0,1,2 $o \
     hydra.sweep.dir=$c/vandeven_icarl_batch_replay
-  clrun -m +experiment=vandeven_split_mnist_icarl method.temperature=1 $o hydra.sweep.dir=$c/vandeven_icarl_t1
+  clrun -m paper=vandeven2019/split_mnist_icarl method.temperature=1 $o hydra.sweep.dir=$c/vandeven_icarl_t1
   # DER's GEM cells with clrun's relative ridge in the QP (1e-8 times the Gram matrix's mean diagonal) instead
   # of mammoth's absolute 1e-3 (the presets before)
   for p in der_seq_mnist der_perm_mnist der_rot_mnist; do
@@ -205,31 +205,31 @@ if [[ $what == all || $what == papers_checks ]]; then
   done
   # A-GEM's A-GEM and GEM with a random 250 samples of each task as memory instead of 25 of each class (the
   # presets before; GEM: about 1.5 CPU-hours a seed, three side by side)
-  clrun -m +experiment=agem_perm_mnist method=agem method.memory=random seed=0,1,2,3,4 $o \
+  clrun -m paper=agem2019/perm_mnist method=agem method.memory=random seed=0,1,2,3,4 $o \
     hydra.sweep.dir=$c/agem_random_memory
   for s in 0 1 2; do
-    clrun -m +experiment=agem_perm_mnist method=gem method.memory=random seed=$s $o \
+    clrun -m paper=agem2019/perm_mnist method=gem method.memory=random seed=$s $o \
       hydra.sweep.dir=$c/agem_gem_random_memory_s$s &
   done; wait
   # A-GEM's MAS as clrun's default MAS (Aljundi et al.'s per-sample importance from 2,000 samples, one
   # (importance, anchor) pair per task) at the paper's strength; the preset before
-  clrun -m +experiment=agem_perm_mnist method=mas method.lam=0.1 method.samples=2000 method.online=false \
+  clrun -m paper=agem2019/perm_mnist method=mas method.lam=0.1 method.samples=2000 method.online=false \
     method.gamma=1 method.abs_batch=null seed=0,1,2,3,4 $o hydra.sweep.dir=$c/agem_mas_aljundi
   # A-GEM's PROG-NN with clrun's mean laterals (one adapter per layer on the earlier columns' mean) instead of
   # the authors' per-column ones (the preset before)
-  clrun -m +experiment=agem_perm_mnist method=pnn scenario=task_il method.laterals=mean seed=0,1,2,3,4 $o \
+  clrun -m paper=agem2019/perm_mnist method=pnn scenario=task_il method.laterals=mean seed=0,1,2,3,4 $o \
     hydra.sweep.dir=$c/agem_pnn_mean_laterals
   # A-GEM's table on PyTorch's default initialisation instead of the authors' TF one (the preset before)
   a=$c/agem_torch_init
-  clrun -m +experiment=agem_perm_mnist model.init=torch method=naive seed=0,1,2 $o hydra.sweep.dir=$a/a
-  clrun -m +experiment=agem_perm_mnist model.init=torch method=agem method.memory=random seed=0,1,2 $o \
+  clrun -m paper=agem2019/perm_mnist model.init=torch method=naive seed=0,1,2 $o hydra.sweep.dir=$a/a
+  clrun -m paper=agem2019/perm_mnist model.init=torch method=agem method.memory=random seed=0,1,2 $o \
     hydra.sweep.dir=$a/agem
-  clrun -m +experiment=agem_perm_mnist model.init=torch method=ewc,mas seed=0,1,2 $o hydra.sweep.dir=$a/b
-  clrun -m +experiment=agem_perm_mnist model.init=torch method=pnn scenario=task_il seed=0,1,2 $o \
+  clrun -m paper=agem2019/perm_mnist model.init=torch method=ewc,mas seed=0,1,2 $o hydra.sweep.dir=$a/b
+  clrun -m paper=agem2019/perm_mnist model.init=torch method=pnn scenario=task_il seed=0,1,2 $o \
     hydra.sweep.dir=$a/pnn
-  clrun -m +experiment=agem_perm_mnist model.init=torch method=joint seed=0,1,2 $o hydra.sweep.dir=$a/joint
+  clrun -m paper=agem2019/perm_mnist model.init=torch method=joint seed=0,1,2 $o hydra.sweep.dir=$a/joint
   # R-MNIST rotated with bilinear interpolation instead of mammoth's nearest neighbour
-  clrun -m +experiment=der_rot_mnist_base method=naive,joint benchmark.interpolation=bilinear $o \
+  clrun -m paper=der2020/rot_mnist method=naive,joint benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/base
   # online EWC and SI without mammoth's p(y|x)-weighted Fisher and SI's clipped total-loss gradient
   for p in der_seq_mnist_base der_perm_mnist_base der_rot_mnist_base; do
@@ -239,60 +239,60 @@ if [[ $what == all || $what == papers_checks ]]; then
   done
   # DER's P-MNIST online EWC at 5 and 10 times the published strength (lam 1.4 = 2 x mammoth's e_lambda 0.7): how
   # strong a penalty the paper's 75.79 needs (a diagnostic; the preset keeps the published value)
-  clrun -m +experiment=der_perm_mnist_base method=online_ewc method.lam=7,14 seed=0,1,2 $o \
+  clrun -m paper=der2020/perm_mnist method=online_ewc method.lam=7,14 seed=0,1,2 $o \
     hydra.sweep.dir=$c/der_perm_oewc_stronger
   # the same cell (and the None row, a check of the loop) as a plain PyTorch loop sharing no code with clrun
   mkdir -p $c/der_perm_oewc_reference
-  python benchmarks/reference_oewc_perm.py --seeds 0 1 2 | tee $c/der_perm_oewc_reference/online_ewc.log
-  python benchmarks/reference_oewc_perm.py --seeds 0 1 2 --e-lambda 0 --lr 0.2 \
+  python scripts/reference/oewc_perm.py --seeds 0 1 2 | tee $c/der_perm_oewc_reference/online_ewc.log
+  python scripts/reference/oewc_perm.py --seeds 0 1 2 --e-lambda 0 --lr 0.2 \
     | tee $c/der_perm_oewc_reference/naive.log
   # van de Ven's permuted offline bound the same way (about 18 minutes a run, one thread)
   mkdir -p $c/vandeven_joint_reference
   for scenario in domain class; do
-    python benchmarks/reference_joint_perm.py --scenario $scenario --seeds 0 1 \
+    python scripts/reference/joint_perm.py --scenario $scenario --seeds 0 1 \
       | tee $c/vandeven_joint_reference/$scenario.log
   done
   # and van de Ven's permuted iCaRL (about 28 minutes a run)
   mkdir -p $c/vandeven_icarl_reference
-  python benchmarks/reference_icarl_perm.py --seeds 0 1 | tee $c/vandeven_icarl_reference/icarl.log
-  clrun -m +experiment=der_rot_mnist method=er,der,derpp,agem benchmark.interpolation=bilinear $o \
+  python scripts/reference/icarl_perm.py --seeds 0 1 | tee $c/vandeven_icarl_reference/icarl.log
+  clrun -m paper=der2020/rot_mnist_buffer method=er,der,derpp,agem benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/rehearsal
   # A-GEM's preset with the 1,000 samples a task of the authors' later script, and the cost of its GEM row
-  clrun +experiment=agem_perm_mnist method=agem benchmark.train_per_task=1000 method.memory=random seed=0 $o \
+  clrun paper=agem2019/perm_mnist method=agem benchmark.train_per_task=1000 method.memory=random seed=0 $o \
     hydra.run.dir=$c/agem_1000_per_task
-  clrun +experiment=agem_perm_mnist method=gem iters=300 seed=0 $o hydra.run.dir=$c/agem_gem_300_steps
+  clrun paper=agem2019/perm_mnist method=gem iters=300 seed=0 $o hydra.run.dir=$c/agem_gem_300_steps
   # van de Ven's LwF with the distillation summed over units (kd_mean=batch, the authors' later code and the
   # presets before) instead of the 2018 code's mean over units, both protocols, every scenario
-  clrun -m +experiment=vandeven_split_mnist method=lwf method.kd_mean=batch $o \
+  clrun -m paper=vandeven2019/split_mnist method=lwf method.kd_mean=batch $o \
     hydra.sweep.dir=$c/vandeven_lwf_kd_sum/split
-  clrun -m +experiment=vandeven_perm_mnist method=lwf method.kd_mean=batch $o \
+  clrun -m paper=vandeven2019/perm_mnist method=lwf method.kd_mean=batch $o \
     hydra.sweep.dir=$c/vandeven_lwf_kd_sum/perm
   # with the sum over units: van de Ven's permuted MNIST, LwF in domain-IL with CE + KD (weighting=constant)
   # instead of the paper's (1/t) CE + (1 - 1/t) KD: does the distillation's growing weight stop the new tasks
   # being learned?
-  clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=0 method.weighting=constant \
+  clrun paper=vandeven2019/perm_mnist method=lwf scenario=domain_il seed=0 method.weighting=constant \
     method.kd_mean=batch $o hydra.run.dir=$c/lwf_domain_constant_weighting
   # ... and with the distillation at a quarter (the authors' loss without its T^2 factor), every scenario
   for s in task_il domain_il class_il; do
-    clrun +experiment=vandeven_perm_mnist method=lwf scenario=$s seed=0 method.alpha=0.25 method.kd_mean=batch \
+    clrun paper=vandeven2019/perm_mnist method=lwf scenario=$s seed=0 method.alpha=0.25 method.kd_mean=batch \
       $o hydra.run.dir=$c/lwf_alpha_quarter/$s
   done
-  clrun +experiment=vandeven_perm_mnist method=lwf scenario=domain_il seed=1 method.alpha=0.25 \
+  clrun paper=vandeven2019/perm_mnist method=lwf scenario=domain_il seed=1 method.alpha=0.25 \
     method.kd_mean=batch $o hydra.run.dir=$c/lwf_alpha_quarter/domain_il_s1
   # van de Ven's split MNIST with the digits paired 0-1/2-3/... for every seed (the preset before) instead of the
   # authors' random pairs per seed
-  clrun -m +experiment=vandeven_split_mnist benchmark.fixed_class_order=true $o \
+  clrun -m paper=vandeven2019/split_mnist benchmark.fixed_class_order=true $o \
     hydra.sweep.dir=$c/vandeven_split_fixed_pairs
   # DER's Seq-MNIST LwF, 10 seeds: the preset before mammoth's LwF (no warm-up, whole-head CE, KD with T^2,
   # weight decay 0.0005), and the preset with one of mammoth's pieces changed at a time
   l=$c/lwf_mammoth
   R="seed=0,1,2,3,4,5,6,7,8,9"
-  clrun -m +experiment=der_seq_mnist_base method=lwf $R method.warmup_epochs=0 method.train_units=null \
+  clrun -m paper=der2020/seq_mnist method=lwf $R method.warmup_epochs=0 method.train_units=null \
     method.alpha=1 optimizer.weight_decay=0.0005 $o hydra.sweep.dir=$l/preset_before
-  clrun -m +experiment=der_seq_mnist_base method=lwf $R method.warmup_epochs=0 $o hydra.sweep.dir=$l/no_warmup
-  clrun -m +experiment=der_seq_mnist_base method=lwf $R method.train_units=null $o hydra.sweep.dir=$l/whole_head
-  clrun -m +experiment=der_seq_mnist_base method=lwf $R method.alpha=1 $o hydra.sweep.dir=$l/t2
-  clrun -m +experiment=der_seq_mnist_base method=lwf $R optimizer.weight_decay=0.0005 $o \
+  clrun -m paper=der2020/seq_mnist method=lwf $R method.warmup_epochs=0 $o hydra.sweep.dir=$l/no_warmup
+  clrun -m paper=der2020/seq_mnist method=lwf $R method.train_units=null $o hydra.sweep.dir=$l/whole_head
+  clrun -m paper=der2020/seq_mnist method=lwf $R method.alpha=1 $o hydra.sweep.dir=$l/t2
+  clrun -m paper=der2020/seq_mnist method=lwf $R optimizer.weight_decay=0.0005 $o \
     hydra.sweep.dir=$l/full_wd5e-4
   for d in seen_units standardised torch_init joint_incremental bilinear_rotation plain_regularisers agem_torch_init \
       vandeven_lwf_kd_sum/split vandeven_lwf_kd_sum/perm; do

@@ -1,6 +1,6 @@
-"""Collect the `defaults` sweeps of readme_mnist.sh into one table (results_defaults.csv).
+"""Collect the `defaults` sweeps of mnist.sh into one table (results/mnist/defaults.csv).
 
-    python benchmarks/collect_defaults.py outputs/readme/defaults benchmarks/results_defaults.csv
+    python scripts/reproduce/collect_defaults.py outputs/readme/defaults results/mnist/defaults.csv
 """
 
 from __future__ import annotations
