@@ -27,6 +27,7 @@ from clrun.run import run
 
 _WARNED: set[str] = set()
 _NOTES: list[str] = []  # what the command line was completed with, said once its settings are accepted
+_NOT_A_RUN = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--version"}
 JOB_STATUSES: list[str] = []  # the statuses of the jobs this process ran: a sweep's exit code
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("clrun")
@@ -144,6 +145,14 @@ def job_dir_name(override_dirname: str) -> str:
 OmegaConf.register_new_resolver("clrun_job_dir", job_dir_name, replace=True)
 
 
+def with_overrides(argv: list[str], extra: list[str]) -> list[str]:
+    """``argv`` with ``extra`` overrides next to the command's own: Hydra's parser takes the overrides as one run
+    of arguments, so one added after a flag (``--cfg job``) would be refused."""
+    overrides = [i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")]
+    at = overrides[-1] + 1 if overrides else len(argv)
+    return [*argv[:at], *extra, *argv[at:]]
+
+
 def user_search_path(argv: list[str], env: str | None) -> list[str]:
     """``argv`` with the directories of ``CLRUN_CONFIG_PATH`` (``os.pathsep``-separated) added to Hydra's
     config search path, after any ``hydra.searchpath`` the command line gives: a user's own config groups
@@ -159,8 +168,8 @@ def user_search_path(argv: list[str], env: str | None) -> list[str]:
     if given:
         listed = OverridesParser.create().parse_override(given[-1]).value()  # the user's list, as Hydra reads it
         rest = [a for a in argv if not a.startswith("hydra.searchpath=")]
-        return [*rest, f"hydra.searchpath=[{','.join([*map(str, listed), *extra])}]"]
-    return [*argv, f"hydra.searchpath=[{','.join(extra)}]"]
+        return with_overrides(rest, [f"hydra.searchpath=[{','.join([*map(str, listed), *extra])}]"])
+    return with_overrides(argv, [f"hydra.searchpath=[{','.join(extra)}]"])
 
 
 def main() -> None:
@@ -177,7 +186,7 @@ def main() -> None:
         run_dir = Path(sys.argv[i + 1])
         overrides = resume_overrides(run_dir, config_dirs(sys.argv))
         rest = sys.argv[1:i] + sys.argv[i + 2 :]
-        sys.argv = [sys.argv[0], *overrides, *rest, f"hydra.run.dir={run_dir}", "resume=true"]
+        sys.argv = [sys.argv[0], *with_overrides(rest, [*overrides, f"hydra.run.dir={run_dir}", "resume=true"])]
     check_output_dirs(sys.argv[1:])
     sweeping = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     sys.argv = [sys.argv[0], *paper_arguments(sys.argv[1:], sweeping)]
@@ -205,7 +214,7 @@ def paper_arguments(argv: list[str], sweeping: bool) -> list[str]:
     for warning in warnings:
         print(f"clrun: warning: {warning}", file=sys.stderr)
     preset = papers.selects_paper(argv)
-    if sweeping or preset is None or any(a.startswith("-") for a in argv):  # --help, --cfg, --resume: as given
+    if sweeping or preset is None or any(a in _NOT_A_RUN for a in argv):
         return argv
     overrides = [a for a in argv if "=" in a]
     try:
@@ -219,7 +228,7 @@ def paper_arguments(argv: list[str], sweeping: bool) -> list[str]:
     if cell:  # said once the preset has accepted the command
         _NOTES.append(f"paper={preset} without -m runs its first cell: {' '.join(cell)} (clrun -m paper={preset} "
                       "runs the whole sweep)")
-    return [*argv, *cell]
+    return with_overrides(argv, cell)
 
 
 def compose(*overrides: str) -> DictConfig:
@@ -272,7 +281,7 @@ def name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
         if not o.is_sweep_override() and not o.key_or_group.startswith("hydra"):
             fixed.append(o.key_or_group)
     keys = ",".join(repr(k) for k in ["resume", "quiet", "plots", *fixed])
-    return [*argv, f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"]
+    return with_overrides(argv, [f"hydra.job.config.override_dirname.exclude_keys=[{keys}]"])
 
 
 def config_dirs(argv: list[str]) -> list[Path]:

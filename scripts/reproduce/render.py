@@ -1,16 +1,18 @@
-"""The reproduction pages (docs/reproductions/<paper>.md) rendered from the committed result tables
-(results/papers/<paper>/compare_paper.csv) and each page's prose (scripts/reproduce/pages/<paper>.md).
+"""The docs pages that show measurements (docs/reproductions/*.md, docs/results.md, docs/diagnostics.md,
+docs/performance.md) rendered from the committed CSVs under results/ and each page's prose, which lives at the
+same path under scripts/reproduce/pages/.
 
     python scripts/reproduce/render.py            # rewrite the pages
     python scripts/reproduce/render.py --check    # exit 1 if a committed page differs from its rendering
     python scripts/reproduce/render.py --import SWEEP/compare_paper.csv [--variant TEXT]
 
-``--import`` merges the rows of a ``clrun-report SWEEP --compare-paper`` table into the committed tables (a
-cell measured again replaces its row). In a page's prose, ``{{table PROTOCOL}}`` is that protocol's table and
-``{{table PROTOCOL VARIANT}}`` the rows measured with a variant of its settings (for example
-``benchmark.shuffle_rng=numpy``); ``{{csv PAPER/NAME.csv}}`` is a committed side measurement as a table;
-``{{summary}}`` counts the page's cells. Difference, "within", Welch's p and
-its Holm adjustment (over the page's cells) are computed here, with clrun-report's own functions.
+``--import`` merges the rows of a ``clrun-report SWEEP --compare-paper`` table into the committed tables
+(results/papers/<paper>/compare_paper.csv; a cell measured again replaces its row). In a page's prose,
+``{{table PROTOCOL}}`` is that protocol's paper-vs-clrun table and ``{{table PROTOCOL VARIANT}}`` the rows
+measured with a variant of its settings (for example ``benchmark.shuffle_rng=numpy``); ``{{summary PAPER}}``
+counts a paper's cells; ``{{csv DIR/NAME.csv}}`` is any committed measurement under results/ as a table.
+Difference, "within", Welch's p and its Holm adjustment (over a paper's cells) are computed here, with
+clrun-report's own functions.
 """
 
 from __future__ import annotations
@@ -27,18 +29,16 @@ import pandas as pd
 from clrun.report import format_differs, format_p, holm, welch_against_paper
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS, DOCS = ROOT / "results" / "papers", ROOT / "docs" / "reproductions"
-PAGES = Path(__file__).resolve().parent / "pages"  # each page's prose, with its placeholders
+RESULTS, DOCS = ROOT / "results", ROOT / "docs"
+PAGES = Path(__file__).resolve().parent / "pages"  # each page's prose, at its path under docs/
 KEY = ["protocol", "method", "scenario", "buffer", "variant"]
 PLACEHOLDER = re.compile(r"\{\{(table|csv|summary)([^}]*)\}\}")
 
 
 def load(paper: str) -> pd.DataFrame:
     """A paper's committed cells, with the comparison worked out: diff, within, Welch's p and Holm's p."""
-    if not (RESULTS / paper / "compare_paper.csv").exists():
-        return pd.DataFrame(columns=KEY)
-    cells = pd.read_csv(RESULTS / paper / "compare_paper.csv", dtype={"buffer": str, "variant": str, "seeds": str},
-                        keep_default_na=False, na_values=[""])
+    cells = pd.read_csv(RESULTS / "papers" / paper / "compare_paper.csv", keep_default_na=False, na_values=[""],
+                        dtype={"buffer": str, "variant": str, "seeds": str})
     cells[["buffer", "variant"]] = cells[["buffer", "variant"]].fillna("")
     spread = cells.paper_spread.fillna("").str.extract(r"([\d.]+) \((std|sem)\)")
     cells["spread"], cells["kind"] = pd.to_numeric(spread[0]), spread[1].fillna("std")
@@ -98,34 +98,51 @@ def csv_table(name: str) -> str:
                       *("| " + " | ".join(row) + " |" for row in rows[1:])])
 
 
-def render(paper: str) -> str:
-    """A page: its prose with every placeholder replaced (a table keeps its placeholder's indentation). Every
-    committed cell must appear in some table."""
-    cells = load(paper)
-    shown: set[int] = set()
+def papers() -> list[str]:
+    return sorted(p.parent.name for p in (RESULTS / "papers").glob("*/compare_paper.csv"))
+
+
+def render(page: str, shown: dict[str, set[int]] | None = None) -> str:
+    """A page (its path under docs/): its prose with every placeholder replaced, a table keeping its
+    placeholder's indentation. ``shown`` collects, per paper, the cells its tables showed."""
+    shown = {} if shown is None else shown
+    cells: dict[str, pd.DataFrame] = {}
 
     def fill(match: re.Match) -> str:
-        if match[1] == "summary":
-            return summary(cells)
         if match[1] == "csv":
             return csv_table(match[2].strip())
+        if match[1] == "summary":
+            paper = match[2].strip()
+            return summary(cells.setdefault(paper, load(paper)))
         protocol, _, variant = match[2].strip().partition(" ")
-        part = cells[(cells.protocol == protocol) & (cells.variant == variant.strip())]
+        paper = protocol.split("/")[0]
+        frame = cells.setdefault(paper, load(paper))
+        part = frame[(frame.protocol == protocol) & (frame.variant == variant.strip())]
         if part.empty:
-            raise SystemExit(f"render.py: {paper}: no cells for {match[0]}")
-        shown.update(part.index)
+            raise SystemExit(f"render.py: {page}: no cells for {match[0]}")
+        shown.setdefault(paper, set()).update(part.index)
         return table(part)
 
     out = []
-    for line in (PAGES / f"{paper}.md").read_text().splitlines():
+    for line in (PAGES / page).read_text().splitlines():
         indent = line[: len(line) - len(line.lstrip())]
         filled = PLACEHOLDER.sub(fill, line)
         out.append("\n".join(indent + part if i else part for i, part in enumerate(filled.split("\n"))))
-    text = "\n".join(out) + "\n"
-    missing = cells.index.difference(sorted(shown))
-    if len(missing):
-        raise SystemExit(f"render.py: {paper}: cells in no table: {cells.loc[missing, KEY].to_dict('records')}")
-    return text
+    return "\n".join(out) + "\n"
+
+
+def render_all() -> dict[str, str]:
+    """Every page, by its path under docs/; every committed cell of every paper must appear in some table."""
+    shown: dict[str, set[int]] = {}
+    pages = {str(p.relative_to(PAGES)): "" for p in sorted(PAGES.rglob("*.md"))}
+    for page in pages:
+        pages[page] = render(page, shown)
+    for paper in papers():
+        cells = load(paper)
+        missing = cells.index.difference(sorted(shown.get(paper, set())))
+        if len(missing):
+            raise SystemExit(f"render.py: {paper}: cells in no table: {cells.loc[missing, KEY].to_dict('records')}")
+    return pages
 
 
 def import_table(path: Path, variant: str) -> None:
@@ -134,7 +151,7 @@ def import_table(path: Path, variant: str) -> None:
     new["buffer"] = new.buffer.fillna("").str.replace(r"\.0$", "", regex=True)
     new["variant"] = variant
     for paper, rows in new.groupby(new.protocol.str.split("/").str[0]):
-        target = RESULTS / paper / "compare_paper.csv"
+        target = RESULTS / "papers" / paper / "compare_paper.csv"
         old = pd.read_csv(target, dtype=str, keep_default_na=False) if target.exists() else pd.DataFrame()
         columns = list(old.columns) if len(old.columns) else list(rows.columns)
         rows = rows.astype(str).replace("nan", "").reindex(columns=columns, fill_value="")
@@ -154,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         import_table(a.table, a.variant)
         return 0
     stale = []
-    for paper in sorted(p.stem for p in PAGES.glob("*.md")):
-        page, text = DOCS / f"{paper}.md", render(paper)
+    for name, text in render_all().items():
+        page = DOCS / name
         if a.check:
             if not page.exists() or page.read_text() != text:
                 stale.append(str(page.relative_to(ROOT)))
