@@ -115,6 +115,9 @@ def apply(cfg: DictConfig, overrides: list[str], choices: Mapping[str, Any]) -> 
         return cfg
     container = OmegaConf.to_container(paper, resolve=True)
     preset = str(choices.get("paper") or paper.get("name"))
+    if "methods" not in container:  # conf/paper/<paper>/common.yaml: what a paper's presets share
+        raise ConfigError(f"paper={preset} is the part a paper's presets share, not a preset: pick one of the "
+                          f"presets beside it (clrun --help lists them)")
     run_values = {"buffer": cfg.get("buffer"), "scenario.name": OmegaConf.select(cfg, "scenario.name")}
     settings = method_settings(container, str(choices.get("method")), run_values, preset)
     given = user_keys(overrides, choices)

@@ -303,3 +303,8 @@ def test_a_preset_without_multirun_runs_its_first_cell_and_says_so(tmp_path):
     overrides = OmegaConf.load(out / ".hydra" / "overrides.yaml")
     assert {"method=er", "seed=0", "buffer=200"} <= set(overrides)
     assert pd.read_csv(out / "metrics.csv").loc[0, "method"] == "er"
+
+
+def test_the_shared_part_of_a_papers_presets_is_not_a_preset():
+    with pytest.raises(ConfigError, match="paper=der2020/common is the part a paper's presets share, not a preset"):
+        make_cfg("paper=der2020/common")

@@ -11,7 +11,7 @@
 # on one H100, 15 runs side by side took 1.7-3.6 minutes each under MPS, and 1.6-1.8x as long without it
 # (time-sliced contexts); on one H200, 15 side by side took 2.1-5.7 minutes (LwF task-IL the longest).
 #
-#   CLRUN_DATA=../shared/data bash scripts/device/gpu_cells.sh /tmp/runs
+#   CLRUN_DATA=DIR bash scripts/device/gpu_cells.sh /tmp/runs
 #
 # SEEDS="3 4" picks other seeds; a cell may name its own after the scenario ("lwf class_il 5 6").
 # EXTRA="iters=20 benchmark.n_tasks=2" adds overrides (a quick check of the script itself). Then
@@ -27,7 +27,7 @@ CELLS=${CELLS:-"joint task_il, joint domain_il, joint class_il, icarl class_il, 
 DEADLINE=${DEADLINE:-86400}  # the lent machine's 10-minute calls used 495
 T0=$(date +%s)
 END=$((T0 + DEADLINE))
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 LOG=${LOG:-$RUNS/jobs.log}
 mkdir -p "$RUNS"
 

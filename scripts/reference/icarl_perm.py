@@ -13,7 +13,7 @@ floor(2000 / classes so far) exemplars: the old sets cut to their first ones, th
 herding on L2-normalised features of the last hidden layer. Prediction: the nearest normalised exemplar
 mean. ACC: the mean test accuracy over the 10 tasks at the end.
 
-    CLRUN_DATA=../shared/data python scripts/reference/icarl_perm.py --seeds 0
+    CLRUN_DATA=DIR python scripts/reference/icarl_perm.py --seeds 0
 """
 
 from __future__ import annotations

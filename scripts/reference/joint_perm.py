@@ -10,7 +10,7 @@ tasks 1..t, reshuffled at every pass (the last incomplete batch dropped). Domain
 tasks; class-IL: 10 units per task, the loss over the units of the tasks so far. ACC: the mean test accuracy
 over the 10 tasks at the end (class-IL: argmax over all 100 units).
 
-    CLRUN_DATA=../shared/data python scripts/reference/joint_perm.py --scenario domain --seeds 0
+    CLRUN_DATA=DIR python scripts/reference/joint_perm.py --scenario domain --seeds 0
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ momentum, batch 128, one epoch per task; loss = CE + e_lambda * sum F (theta - t
 (gamma = 1), each task's F the average over its 60,000 training samples of p(y|x) * (d log p(y|x) / d theta)^2,
 and theta* the parameters at the end of the latest task. ACC: the mean test accuracy over the 20 tasks at the end.
 
-    CLRUN_DATA=../shared/data python scripts/reference/oewc_perm.py --seeds 0 1 2 [--e-lambda 0.7] [--lr 0.1]
+    CLRUN_DATA=DIR python scripts/reference/oewc_perm.py --seeds 0 1 2 [--e-lambda 0.7] [--lr 0.1]
     ... --e-lambda 0 --lr 0.2: the None row (mammoth's sgd), a check of the loop itself
 """
 

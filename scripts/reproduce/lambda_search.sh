@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # EWC's lam on permuted MNIST (5 tasks, domain-IL, seed 0): the log grid against an Optuna study with two
 # objectives (ACC up, forgetting down), then the reference text's rule on each: the best ACC whose forgetting
-# is <= the tolerance.   CLRUN_DATA=../shared/data bash scripts/reproduce/lambda_search.sh [OUT]
+# is <= the tolerance.   CLRUN_DATA=DIR bash scripts/reproduce/lambda_search.sh [OUT]
 set -euo pipefail
 out=${1:-outputs/lambda_search}
 common=(quiet=true plots=false method=ewc benchmark=permuted_mnist seed=0)

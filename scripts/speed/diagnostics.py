@@ -1,7 +1,7 @@
 """The cost of the diagnostics: permuted MNIST (5 tasks, naive, the defaults), without and with
 ``diagnostics.interference`` / ``diagnostics.spectrum``, median of ``--reps`` runs of each, as a ratio.
 
-    CLRUN_DATA=../shared/data python scripts/speed/diagnostics.py --reps 2
+    CLRUN_DATA=DIR python scripts/speed/diagnostics.py --reps 2
 Writes results/speed/diagnostics.csv."""
 
 from __future__ import annotations

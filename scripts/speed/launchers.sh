@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A 4-job MNIST sweep (split MNIST, class-IL, er at 2 buffer sizes x 2 seeds) with Hydra's basic launcher
 # (jobs one after another) and with joblib (2 jobs at once, 1 torch thread each) on this 2-core machine.
-#   CLRUN_DATA=../shared/data bash scripts/speed/launchers.sh
+#   CLRUN_DATA=DIR bash scripts/speed/launchers.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 : "${CLRUN_DATA:?set CLRUN_DATA to a directory holding MNIST/raw}"
 export CLRUN_DATA
 out=$(mktemp -d)

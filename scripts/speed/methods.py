@@ -1,6 +1,6 @@
 """Cost of each method relative to naive fine-tuning, and of the vectorised Fisher against a per-sample loop.
 
-    CLRUN_DATA=../shared/data python scripts/speed/methods.py [--reps 3] [--tasks 5] [--methods ewc,er]
+    CLRUN_DATA=DIR python scripts/speed/methods.py [--reps 3] [--tasks 5] [--methods ewc,er]
 
 Training time is clrun's ``train_seconds`` (the training loop, including the end-of-task work such as the
 Fisher or exemplar selection, excluding evaluation). Writes results/speed/methods.csv and

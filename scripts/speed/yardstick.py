@@ -1,6 +1,6 @@
 """clrun's naive run against a hand-written PyTorch loop on the same stream.
 
-    CLRUN_DATA=../shared/data python scripts/speed/yardstick.py [--reps 3]
+    CLRUN_DATA=DIR python scripts/speed/yardstick.py [--reps 3]
 
 Stream: permuted MNIST, 5 tasks (task 1 the identity), MLP 784-400-400-10, SGD lr 0.01, batch 128, one epoch per
 task, every task evaluated after every task (and before the first). Both run as fresh processes, so wall time is
