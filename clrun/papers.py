@@ -24,6 +24,13 @@ EXPERIMENT_ALIASES = {
     "agem_perm_mnist": "agem2019/perm_mnist",
 }
 ALIASES_REMOVED_IN = "0.3"
+# the protocol names run directories recorded before conf/paper/ (config.yaml's `protocol.name`)
+PROTOCOL_ALIASES = {
+    "der_seq_mnist": "der2020/seq_mnist", "der_perm_mnist": "der2020/perm_mnist", "der_rot_mnist": "der2020/rot_mnist",
+    "vandeven_split_mnist": "vandeven2019/split_mnist", "vandeven_perm_mnist": "vandeven2019/perm_mnist",
+    "gem_mnist_perm": "gem2017/perm_mnist", "gem_mnist_rot": "gem2017/rot_mnist",
+    "agem_perm_mnist": "agem2019/perm_mnist",
+}
 # the table a method's settings may depend on, and the run's value it is looked up by
 TABLES = {"by_buffer": "buffer", "by_scenario": "scenario.name"}
 UNTUNED = ("error", "defaults")

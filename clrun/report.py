@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from scipy import stats
 
-from clrun import io
+from clrun import io, papers
 
 SUMMARY_FILE, BY_CONFIG_FILE, SELECTION_FILE = "summary.csv", "summary_by_config.csv", "selection.csv"
 COMPARE_FILE = "compare_paper.csv"
@@ -214,7 +214,12 @@ def _protocol(job_dir: str) -> dict:
     """The paper preset a run followed (``paper``; ``protocol`` in run directories from before conf/paper/)."""
     f = Path(job_dir) / "config.yaml"
     cfg = (yaml.safe_load(f.read_text()) if f.exists() else {}) or {}
-    return cfg.get("paper") or cfg.get("protocol") or {}
+    if cfg.get("paper"):
+        return cfg["paper"]
+    old = dict(cfg.get("protocol") or {})  # compared under the preset's present name
+    if old.get("name") in papers.PROTOCOL_ALIASES:
+        old["name"] = papers.PROTOCOL_ALIASES[old["name"]]
+    return old
 
 
 def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:

@@ -308,3 +308,18 @@ def test_a_preset_without_multirun_runs_its_first_cell_and_says_so(tmp_path):
 def test_the_shared_part_of_a_papers_presets_is_not_a_preset():
     with pytest.raises(ConfigError, match="paper=der2020/common is the part a paper's presets share, not a preset"):
         make_cfg("paper=der2020/common")
+
+
+def test_runs_recorded_under_an_old_protocol_name_compare_under_the_presets_name(tmp_path):
+    rows = []
+    for i, (key, name) in enumerate([("protocol", "der_seq_mnist"), ("paper", "der2020/seq_mnist")]):
+        job = tmp_path / str(i)
+        job.mkdir()
+        proto = {"name": name, "benchmark": "split_mnist", "spread": "std", "runs": 10,
+                 "results": [{"method": "naive", "scenario": "class_il", "ACC": 19.60, "spread": 0.04}]}
+        (job / "config.yaml").write_text(OmegaConf.to_yaml({key: proto}))
+        rows.append({"job_dir": str(job), "status": "completed", "method": "naive", "scenario": "class_il",
+                     "benchmark": "split_mnist", "seed": i, "ACC": 0.195 + i / 1000, "wall_seconds": 6.0})
+    table = compare_paper(pd.DataFrame(rows))
+    assert len(table) == 1 and table.loc[0, "protocol"] == "der2020/seq_mnist" and table.loc[0, "n"] == 2
+    assert table.loc[0, "seeds"] == "0-1"
