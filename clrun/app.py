@@ -145,11 +145,12 @@ def job_dir_name(override_dirname: str) -> str:
 OmegaConf.register_new_resolver("clrun_job_dir", job_dir_name, replace=True)
 
 
-def with_overrides(argv: list[str], extra: list[str]) -> list[str]:
-    """``argv`` with ``extra`` overrides next to the command's own: Hydra's parser takes the overrides as one run
-    of arguments, so one added after a flag (``--cfg job``) would be refused."""
+def with_overrides(argv: list[str], extra: list[str], before: bool = False) -> list[str]:
+    """``argv`` with ``extra`` overrides next to the command's own, after them (or ``before`` them, so that the
+    command's win): Hydra's parser takes the overrides as one run of arguments, so one added after a flag
+    (``--cfg job``) would be refused."""
     overrides = [i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")]
-    at = overrides[-1] + 1 if overrides else len(argv)
+    at = (overrides[0] if before else overrides[-1] + 1) if overrides else len(argv)
     return [*argv[:at], *extra, *argv[at:]]
 
 
@@ -186,7 +187,9 @@ def main() -> None:
         run_dir = Path(sys.argv[i + 1])
         overrides = resume_overrides(run_dir, config_dirs(sys.argv))
         rest = sys.argv[1:i] + sys.argv[i + 2 :]
-        sys.argv = [sys.argv[0], *with_overrides(rest, [*overrides, f"hydra.run.dir={run_dir}", "resume=true"])]
+        # the directory's overrides first, so the command's own win; its directory and resume=true last
+        argv = with_overrides(rest, overrides, before=True)
+        sys.argv = [sys.argv[0], *with_overrides(argv, [f"hydra.run.dir={run_dir}", "resume=true"])]
     check_output_dirs(sys.argv[1:])
     sweeping = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     sys.argv = [sys.argv[0], *paper_arguments(sys.argv[1:], sweeping)]
