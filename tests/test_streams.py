@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -165,3 +166,15 @@ def test_train_per_task_draws_a_seeded_subset_per_task(make):
     assert not torch.equal(sub.tasks[0].train_y, sub.tasks[1].train_y)
     with pytest.raises(ConfigError, match="train_per_task"):
         make(n_tasks=2, train_per_task=n_all + 1, **SYN)
+
+
+def test_numpy_shuffle_pairs_the_digits_as_van_de_ven_and_tolias_code_does_for_the_seed():
+    # their data.py: np.random.seed(s); p = np.random.permutation(10); digit d becomes label p[d], and task k
+    # holds labels 2k, 2k+1 (local 0 and 1 in domain-IL)
+    for seed in (1, 7, 20):
+        p = np.random.RandomState(seed).permutation(10)
+        stream = streams.split(n_tasks=5, stream_seed=seed, shuffle_rng="numpy", **SYN)
+        for k, task in enumerate(stream.tasks):
+            assert [int(p[d]) for d in task.classes] == [2 * k, 2 * k + 1]
+    with pytest.raises(ConfigError, match="benchmark.shuffle_rng='jax' is not one of torch, numpy"):
+        streams.split(n_tasks=5, stream_seed=0, shuffle_rng="jax", **SYN)
