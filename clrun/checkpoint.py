@@ -35,8 +35,11 @@ from clrun.errors import CheckpointError, ResumeMismatch
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT, VERSION = "clrun-checkpoint", 2
 # settings that do not change what a run computes: a resume may change them freely
+# the paper preset's record (its published numbers, what it set) is not itself a setting: what it set is compared
+# where it landed (lr, method.*), so a run started before conf/paper/ (``protocol``) still resumes
 NOT_IDENTITY = ("resume", "quiet", "plots", "threads", "device", "eval_batch_size", "checkpoint", "check_step",
-                "deterministic", "diagnostics", "data.root", "data.download", "log_every", "logger", "hydra")
+                "deterministic", "diagnostics", "data.root", "data.download", "log_every", "logger", "hydra",
+                "paper", "protocol")
 # modules whose classes a checkpoint may name, besides those of the run's own method, regularisers and model
 SAFE_MODULE_PREFIXES = ("clrun.", "torch.nn.")
 

@@ -323,3 +323,13 @@ def test_runs_recorded_under_an_old_protocol_name_compare_under_the_presets_name
     table = compare_paper(pd.DataFrame(rows))
     assert len(table) == 1 and table.loc[0, "protocol"] == "der2020/seq_mnist" and table.loc[0, "n"] == 2
     assert table.loc[0, "seeds"] == "0-1"
+
+
+def test_a_run_started_before_conf_paper_resumes_its_settings_are_what_identity_compares():
+    from clrun.checkpoint import identity
+    new = make_cfg("paper=der2020/seq_mnist_buffer", "method=der", "buffer=500")
+    old = OmegaConf.to_container(new, resolve=True)
+    old["protocol"] = {"name": "der_seq_mnist", "results": old.pop("paper")["results"]}
+    assert identity(old) == identity(new)
+    old["lr"] = 0.5  # what the preset set is still compared where it landed
+    assert identity(old) != identity(new)
