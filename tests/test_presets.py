@@ -96,7 +96,7 @@ def test_protocol_specific_settings_reach_the_method():
     assert (agem.benchmark.n_tasks, agem.batch_size, agem.buffer, agem.method.replay_batch_size) == (17, 10, 4250, 256)
     assert agem.benchmark.train_per_task is None and not agem.data.normalize and agem.lr == 0.1
     # van de Ven's code pairs the digits at random per seed; mammoth's 2020 LwF and iCaRL as the DER paper ran them
-    assert not ewc.benchmark.fixed_class_order
+    assert not ewc.benchmark.fixed_class_order and ewc.benchmark.shuffle_rng == "numpy"  # their seed's pairs
     lwf = make_cfg("paper=der2020/seq_mnist", "method=lwf")
     assert (lwf.method.warmup_epochs, lwf.method.train_units, lwf.method.alpha, lwf.optimizer.weight_decay,
             lwf.method.warmup_lr) == (1, "seen", 0.25, 0.001, 0.03)

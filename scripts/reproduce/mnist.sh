@@ -80,10 +80,14 @@ if [[ $what == all || $what == papers ]]; then
   # One thread per run: two of these commands side by side use the 2 cores better than one run on both.
   r=$out/papers
   o="threads=1 quiet=true plots=false checkpoint=false"
-  clrun -m paper=vandeven2019/split_mnist_icarl $o hydra.sweep.dir=$r/vandeven_split_mnist_icarl
-  clrun -m paper=vandeven2019/split_mnist scenario=task_il,domain_il $o hydra.sweep.dir=$r/vandeven_split_mnist_a
-  clrun -m paper=vandeven2019/split_mnist scenario=class_il $o hydra.sweep.dir=$r/vandeven_split_mnist_b
-  clrun -m paper=vandeven2019/split_mnist method=lwf scenario=class_il seed=3,4,5,6,7,8,9 $o \
+  # van de Ven's split MNIST with clrun's own pairing draw (benchmark.shuffle_rng=torch), seeds 0-2: the table's
+  # shuffle_rng=torch rows; the preset's own pairs (the authors', seeds 1-20) are the vandeven_seeds section
+  v="benchmark.shuffle_rng=torch"
+  clrun -m paper=vandeven2019/split_mnist_icarl $v seed=0,1,2,3,4 $o hydra.sweep.dir=$r/vandeven_split_mnist_icarl
+  clrun -m paper=vandeven2019/split_mnist scenario=task_il,domain_il $v seed=0,1,2 $o \
+    hydra.sweep.dir=$r/vandeven_split_mnist_a
+  clrun -m paper=vandeven2019/split_mnist scenario=class_il $v seed=0,1,2 $o hydra.sweep.dir=$r/vandeven_split_mnist_b
+  clrun -m paper=vandeven2019/split_mnist method=lwf scenario=class_il $v seed=3,4,5,6,7,8,9 $o \
     hydra.sweep.dir=$r/vandeven_split_mnist_more_seeds_lwf
   clrun -m paper=der2020/seq_mnist $o hydra.sweep.dir=$r/der_seq_mnist_base
   clrun -m paper=der2020/seq_mnist_buffer method=er,agem,der,derpp $o hydra.sweep.dir=$r/der_seq_mnist
@@ -195,9 +199,11 @@ if [[ $what == all || $what == papers_checks ]]; then
   # exemplars but iCaRL's T = 1 instead of the authors' T = 2; the permuted ones ran on a GPU:
   #   EXP=vandeven_perm_mnist CELLS="icarl class_il" SEEDS="0 1 2 3 4" EXTRA=method.temperature=1 \
   #     bash scripts/device/gpu_cells.sh DIR
-  clrun -m paper=vandeven2019/split_mnist_icarl method.replay=batch method.temperature=1 seed=0,1,2 $o \
+  clrun -m paper=vandeven2019/split_mnist_icarl method.replay=batch method.temperature=1 seed=0,1,2 \
+    benchmark.shuffle_rng=torch $o \
     hydra.sweep.dir=$c/vandeven_icarl_batch_replay
-  clrun -m paper=vandeven2019/split_mnist_icarl method.temperature=1 $o hydra.sweep.dir=$c/vandeven_icarl_t1
+  clrun -m paper=vandeven2019/split_mnist_icarl method.temperature=1 benchmark.shuffle_rng=torch seed=0,1,2,3,4 $o \
+    hydra.sweep.dir=$c/vandeven_icarl_t1
   # DER's GEM cells with clrun's relative ridge in the QP (1e-8 times the Gram matrix's mean diagonal) instead
   # of mammoth's absolute 1e-3 (the presets before)
   for p in der_seq_mnist der_perm_mnist der_rot_mnist; do
@@ -263,7 +269,7 @@ if [[ $what == all || $what == papers_checks ]]; then
   clrun paper=agem2019/perm_mnist method=gem iters=300 seed=0 $o hydra.run.dir=$c/agem_gem_300_steps
   # van de Ven's LwF with the distillation summed over units (kd_mean=batch, the authors' later code and the
   # presets before) instead of the 2018 code's mean over units, both protocols, every scenario
-  clrun -m paper=vandeven2019/split_mnist method=lwf method.kd_mean=batch $o \
+  clrun -m paper=vandeven2019/split_mnist method=lwf method.kd_mean=batch benchmark.shuffle_rng=torch seed=0,1,2 $o \
     hydra.sweep.dir=$c/vandeven_lwf_kd_sum/split
   clrun -m paper=vandeven2019/perm_mnist method=lwf method.kd_mean=batch $o \
     hydra.sweep.dir=$c/vandeven_lwf_kd_sum/perm
@@ -281,7 +287,7 @@ if [[ $what == all || $what == papers_checks ]]; then
     method.kd_mean=batch $o hydra.run.dir=$c/lwf_alpha_quarter/domain_il_s1
   # van de Ven's split MNIST with the digits paired 0-1/2-3/... for every seed (the preset before) instead of the
   # authors' random pairs per seed
-  clrun -m paper=vandeven2019/split_mnist benchmark.fixed_class_order=true $o \
+  clrun -m paper=vandeven2019/split_mnist benchmark.fixed_class_order=true seed=0,1,2 $o \
     hydra.sweep.dir=$c/vandeven_split_fixed_pairs
   # DER's Seq-MNIST LwF, 10 seeds: the preset before mammoth's LwF (no warm-up, whole-head CE, KD with T^2,
   # weight decay 0.0005), and the preset with one of mammoth's pieces changed at a time
@@ -308,4 +314,8 @@ if [[ $what == vandeven_seeds ]]; then
     benchmark.shuffle_rng=numpy 'seed=range(1,21)' threads=1 quiet=true plots=false checkpoint=false \
     hydra.sweep.dir=$r
   clrun-report $r --compare-paper
+  # how much one pairing moves with the initialisation and batch order: the pairs of seeds 1 and 19, other seeds
+  clrun -m paper=vandeven2019/split_mnist scenario=domain_il method=naive benchmark.shuffle_rng=numpy \
+    benchmark.stream_seed=1,19 seed=101,102,103 threads=1 quiet=true plots=false checkpoint=false \
+    hydra.sweep.dir=$out/vandeven_within_pairing
 fi
