@@ -132,25 +132,25 @@ if [[ $what == all || $what == papers ]]; then
   done; wait
   # cells outside the paper's spread with 3 seeds, at the paper's 10 runs (seeds 3-9 added)
   while read -r exp name args; do
-    clrun -m +experiment=$exp $args seed=3,4,5,6,7,8,9 $o hydra.sweep.dir=$r/${exp}_more_seeds_$name </dev/null
+    clrun -m paper=$exp $args seed=3,4,5,6,7,8,9 $o hydra.sweep.dir=$r/${exp//\//_}_more_seeds_$name </dev/null
   done <<'CELLS'
-der_seq_mnist agem5120 method=agem buffer=5120
-der_seq_mnist er200 method=er buffer=200
-der_perm_mnist der500 method=der buffer=500
-der_perm_mnist er200 method=er buffer=200
-der_perm_mnist agem500 method=agem buffer=500
-der_perm_mnist derpp200 method=derpp buffer=200
-der_perm_mnist der5120 method=der buffer=5120
-der_perm_mnist gem500 method=gem buffer=500
-der_rot_mnist_base si method=si
-der_rot_mnist 500 method=der,derpp buffer=500
-der_rot_mnist 5120 method=er,der,derpp buffer=5120
-der_rot_mnist gem500 method=gem buffer=500
-der_rot_mnist gem5120 method=gem buffer=5120
-der_rot_mnist agem200 method=agem buffer=200
-der_rot_mnist_base joint method=joint
-der_seq_mnist_base norep method=naive,si,lwf
-der_perm_mnist_base oewc method=online_ewc
+der2020/seq_mnist_buffer agem5120 method=agem buffer=5120
+der2020/seq_mnist_buffer er200 method=er buffer=200
+der2020/perm_mnist_buffer der500 method=der buffer=500
+der2020/perm_mnist_buffer er200 method=er buffer=200
+der2020/perm_mnist_buffer agem500 method=agem buffer=500
+der2020/perm_mnist_buffer derpp200 method=derpp buffer=200
+der2020/perm_mnist_buffer der5120 method=der buffer=5120
+der2020/perm_mnist_buffer gem500 method=gem buffer=500
+der2020/rot_mnist si method=si
+der2020/rot_mnist_buffer 500 method=der,derpp buffer=500
+der2020/rot_mnist_buffer 5120 method=er,der,derpp buffer=5120
+der2020/rot_mnist_buffer gem500 method=gem buffer=500
+der2020/rot_mnist_buffer gem5120 method=gem buffer=5120
+der2020/rot_mnist_buffer agem200 method=agem buffer=200
+der2020/rot_mnist joint method=joint
+der2020/seq_mnist norep method=naive,si,lwf
+der2020/perm_mnist oewc method=online_ewc
 CELLS
   # van de Ven's permuted MNIST: the task- and domain-IL cells of None, EWC, SI and LwF and LwF class-IL run
   # here (20-31 CPU-minutes a run); the other 10 cells ran on a GPU machine:
@@ -206,8 +206,9 @@ if [[ $what == all || $what == papers_checks ]]; then
     hydra.sweep.dir=$c/vandeven_icarl_t1
   # DER's GEM cells with clrun's relative ridge in the QP (1e-8 times the Gram matrix's mean diagonal) instead
   # of mammoth's absolute 1e-3 (the presets before)
-  for p in der_seq_mnist der_perm_mnist der_rot_mnist; do
-    clrun -m +experiment=$p method=gem buffer=200,500,5120 method.ridge=null $o hydra.sweep.dir=$c/gem_relative_ridge/$p
+  for p in seq_mnist perm_mnist rot_mnist; do
+    clrun -m paper=der2020/${p}_buffer method=gem buffer=200,500,5120 method.ridge=null $o \
+      hydra.sweep.dir=$c/gem_relative_ridge/$p
   done
   # A-GEM's A-GEM and GEM with a random 250 samples of each task as memory instead of 25 of each class (the
   # presets before; GEM: about 1.5 CPU-hours a seed, three side by side)
@@ -238,9 +239,9 @@ if [[ $what == all || $what == papers_checks ]]; then
   clrun -m paper=der2020/rot_mnist method=naive,joint benchmark.interpolation=bilinear $o \
     hydra.sweep.dir=$c/bilinear_rotation/base
   # online EWC and SI without mammoth's p(y|x)-weighted Fisher and SI's clipped total-loss gradient
-  for p in der_seq_mnist_base der_perm_mnist_base der_rot_mnist_base; do
-    clrun -m +experiment=$p method=online_ewc method.fisher=empirical $o hydra.sweep.dir=$c/plain_regularisers/${p}_ewc
-    clrun -m +experiment=$p method=si method.path_grad=task method.clip_value=null $o \
+  for p in seq_mnist perm_mnist rot_mnist; do
+    clrun -m paper=der2020/$p method=online_ewc method.fisher=empirical $o hydra.sweep.dir=$c/plain_regularisers/${p}_ewc
+    clrun -m paper=der2020/$p method=si method.path_grad=task method.clip_value=null $o \
       hydra.sweep.dir=$c/plain_regularisers/${p}_si
   done
   # DER's P-MNIST online EWC at 5 and 10 times the published strength (lam 1.4 = 2 x mammoth's e_lambda 0.7): how
