@@ -143,7 +143,6 @@ def apply(cfg: DictConfig, overrides: list[str], choices: Mapping[str, Any]) -> 
     return cfg
 
 
-
 def _follows(cfg: DictConfig, key: str, given: set[str]) -> bool:
     """Whether ``key`` is an interpolation of a setting the command gives (``method.lam: ${default:${lam},1}``
     with ``lam=100``): the user's top-level number wins over the paper's value for it."""
