@@ -252,8 +252,7 @@ def compare_paper(summary: pd.DataFrame) -> pd.DataFrame:
             kind = proto.get("spread", "std")
             spread = cell.get("spread")  # None: the paper prints the mean alone
             runs = proto.get("runs")  # the paper's runs: turn a SEM into a std
-            paper_std = (math.nan if spread is None else spread * math.sqrt(runs or 1) if kind == "sem"
-                         else spread)
+            paper_std = standard_deviation(spread, kind, runs)
             diff = acc.mean() - cell["ACC"]
             clrun_std = acc.std(ddof=1) if len(acc) > 1 else math.nan
             t, df, p = welch_against_paper(diff, spread, kind, runs, clrun_std, len(acc))
@@ -293,6 +292,13 @@ def _versions(runs: pd.DataFrame) -> str:
     if "clrun_version" not in runs:
         return ""
     return "; ".join(sorted(runs.clrun_version.dropna().astype(str).unique()))
+
+
+def standard_deviation(spread: float | None, kind: str, runs: int | None) -> float:
+    """A published spread as a standard deviation: a SEM times the root of the paper's runs (NaN: none printed)."""
+    if spread is None or (isinstance(spread, float) and math.isnan(spread)):
+        return math.nan
+    return spread * math.sqrt(runs or 1) if kind == "sem" else spread
 
 
 def welch_against_paper(diff: float, spread: float | None, kind: str, runs: int | None, clrun_std: float,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clrun.report import format_differs, format_p, holm, welch_against_paper
+from clrun.report import format_differs, format_p, holm, standard_deviation, welch_against_paper
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS, DOCS = ROOT / "results", ROOT / "docs"
@@ -43,9 +43,9 @@ def load(paper: str) -> pd.DataFrame:
     spread = cells.paper_spread.fillna("").str.extract(r"([\d.]+) \((std|sem)\)")
     cells["spread"], cells["kind"] = pd.to_numeric(spread[0]), spread[1].fillna("std")
     cells["diff"] = cells.clrun_ACC - cells.paper_ACC
-    paper_std = [s * math.sqrt(r) if k == "sem" else s for s, k, r in zip(cells.spread, cells.kind, cells.paper_runs)]
+    paper_std = [standard_deviation(s, k, r) for s, k, r in zip(cells.spread, cells.kind, cells.paper_runs)]
     # compared as printed (two decimals): 19.57 - 19.27 is not more than a 0.30 std
-    cells["within"] = [None if pd.isna(s) else round(abs(d), 2) <= round(s, 2)
+    cells["within"] = [None if math.isnan(s) else round(abs(d), 2) <= round(s, 2)
                        for d, s in zip(cells["diff"], paper_std)]
     cells["p_value"] = [welch_against_paper(d, None if pd.isna(s) else s, k, r, c, n)[2]
                         for d, s, k, r, c, n in zip(cells["diff"], cells.spread, cells.kind, cells.paper_runs,
