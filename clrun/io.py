@@ -109,6 +109,19 @@ def write_rows(out_dir: Path, name: str, rows: list[dict], columns: list[str]) -
     atomic_write_csv(out_dir / name, pd.DataFrame(rows, columns=columns))
 
 
+def write_arrays(out_dir: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
+    """A method's arrays (DGR's generated samples) as ``name.npz``."""
+    atomic_write_bytes(Path(out_dir) / f"{name}.npz", lambda f: np.savez(f, **arrays))
+
+
+def read_arrays(out_dir: Path | str, name: str) -> dict[str, np.ndarray] | None:
+    path = Path(out_dir) / f"{name}.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
 def read_rows(out_dir: Path, name: str) -> list[dict]:
     path = Path(out_dir) / name
     return pd.read_csv(path).to_dict("records") if path.exists() else []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
@@ -107,3 +108,55 @@ class ResNet18(Backbone):
         self.features = nn.Sequential(*layers)
         self.feature_dim = in_planes
         self.head = nn.Linear(in_planes, n_outputs)
+
+
+class VAE(nn.Module):
+    """A fully connected variational autoencoder (DGR's generator): encoder in -> hidden -> (mu, log var) of a
+    ``z_dim`` Gaussian, decoder the encoder mirrored. ``likelihood=bernoulli``: a sigmoid output and a binary
+    cross-entropy (pixels in [0, 1]); ``gaussian``: a linear output and a squared error (any inputs)."""
+
+    def __init__(self, in_shape: tuple[int, ...], hidden: list[int] = (400, 400), z_dim: int = 100,
+                 likelihood: str = "bernoulli"):
+        super().__init__()
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ConfigError(f"likelihood={likelihood!r} is not allowed; use bernoulli or gaussian")
+        self.in_shape, self.z_dim, self.likelihood = tuple(in_shape), int(z_dim), likelihood
+        width = math.prod(in_shape)
+        enc: list[nn.Module] = [nn.Flatten()]
+        for h in hidden:
+            enc += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.encoder = nn.Sequential(*enc)
+        self.to_mean, self.to_logvar = nn.Linear(width, z_dim), nn.Linear(width, z_dim)
+        dec: list[nn.Module] = []
+        width = z_dim
+        for h in reversed(list(hidden)):
+            dec += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        dec.append(nn.Linear(width, math.prod(in_shape)))
+        self.decoder = nn.Sequential(*dec)
+
+    def decode(self, z: Tensor) -> Tensor:
+        out = self.decoder(z)
+        out = torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+        return out.view(len(z), *self.in_shape)
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` inputs decoded from z ~ N(0, I), drawn with ``generator`` (so they shift no other draw)."""
+        z = torch.randn(n, self.z_dim, generator=generator).to(self.to_mean.weight.device)
+        return self.decode(z)
+
+    def loss(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """The negative ELBO per input element, averaged over the batch: the reconstruction error averaged over
+        the elements plus KL(q(z|x) || N(0, I)) divided by their number (van de Ven & Tolias's ``average``)."""
+        h = self.encoder(x)
+        mean, logvar = self.to_mean(h), self.to_logvar(h)
+        eps = torch.randn(mean.shape, generator=generator).to(mean.device)
+        recon = self.decode(mean + eps * torch.exp(0.5 * logvar)).flatten(1)
+        target = x.flatten(1)
+        if self.likelihood == "bernoulli":
+            rec = F.binary_cross_entropy(recon, target, reduction="none").mean(1)
+        else:
+            rec = ((recon - target) ** 2).mean(1)
+        kl = -0.5 * (1 + logvar - mean.pow(2) - logvar.exp()).sum(1) / target.shape[1]
+        return (rec + kl).mean()

@@ -200,6 +200,40 @@ def figure_spectrum(run_dir: str | Path):
     return fig
 
 
+REPLAY_SAMPLES = "replay_samples"
+
+
+def plot_replay_samples(run_dir: str | Path) -> Path:
+    return _save(figure_replay_samples(run_dir), Path(run_dir) / f"{REPLAY_SAMPLES}.png")
+
+
+def figure_replay_samples(run_dir: str | Path):
+    """From replay_samples.npz: one row per task, the generator's samples after it (what the next task replays),
+    each titled with the unit the classifier of that moment gives it."""
+    run_dir = Path(run_dir)
+    arrays = io.read_arrays(run_dir, REPLAY_SAMPLES)
+    samples, units = arrays["samples"], arrays["units"]  # [tasks, n, *input shape], [tasks, n]
+    n_tasks, n = samples.shape[:2]
+    fig, axes = plt.subplots(n_tasks, n, figsize=(0.8 * n + 1.0, 0.95 * n_tasks + 0.8), squeeze=False)
+    for t in range(n_tasks):
+        for i in range(n):
+            img = samples[t, i]
+            if img.ndim == 3 and img.shape[0] == 3:  # colour: channels last, each image scaled to [0, 1]
+                img = np.moveaxis(img, 0, -1)
+                img = (img - img.min()) / max(float(np.ptp(img)), 1e-12)
+            else:
+                img = img.reshape(img.shape[-2:]) if img.ndim >= 2 and img.shape[0] == 1 else img.reshape(1, -1)
+            ax = axes[t, i]
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, aspect="auto" if img.shape[0] == 1 else "equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{units[t, i]}", fontsize=7, pad=2)
+            if i == 0:
+                ax.set_ylabel(f"after {t + 1}", fontsize=8)
+    fig.suptitle(f"Generated replay (title: the classifier's unit)\n{_run_title(run_dir)}", fontsize=9)
+    return fig
+
+
 def _value(v) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
@@ -308,6 +342,8 @@ def plot_dir(path: str | Path) -> list[Path]:
         made.append(plot_interference(path))
     if (path / io.SPECTRUM_FILE).exists() and len(pd.read_csv(path / io.SPECTRUM_FILE)):
         made.append(plot_spectrum(path))
+    if (path / f"{REPLAY_SAMPLES}.npz").exists():
+        made.append(plot_replay_samples(path))
     if not (path / BY_CONFIG_FILE).exists() and any(path.glob(f"*/{io.METRICS_FILE}")):
         write_summaries(path)
     if (path / BY_CONFIG_FILE).exists():

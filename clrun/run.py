@@ -238,6 +238,9 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
                     ckpt.save(out_dir, snapshot(t + 1), ident)
                 io.write_R(out_dir, R)
                 io.write_log(out_dir, log_rows)
+                for m in learner.methods:
+                    for name, arrays in m.outputs().items():
+                        io.write_arrays(out_dir, name, arrays)
                 row = metrics_row("completed" if t == T - 1 else "running", t + 1)
                 io.write_metrics(out_dir, row)
                 if not cfg.quiet:

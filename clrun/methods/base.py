@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -166,6 +167,11 @@ class Method:
     # ---- reporting
     def extra_metrics(self) -> dict:
         """Extra columns for metrics.csv (buffer bytes, stored bits, ...)."""
+        return {}
+
+    def outputs(self) -> dict[str, dict[str, np.ndarray]]:
+        """Arrays for the run directory, ``{name: {key: array}}``: each name is written as ``name.npz`` after
+        every task (DGR's generated samples, which ``replay_samples.png`` draws)."""
         return {}
 
 
