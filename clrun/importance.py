@@ -50,7 +50,7 @@ def per_sample_grads(model: nn.Module, x: Tensor, sample_loss: Callable[..., Ten
     return vmap(grad(loss_one), in_dims=in_dims)(params, x, *extras)
 
 
-def _linear_layers(model: nn.Module) -> dict[str, nn.Linear] | None:
+def linear_layers(model: nn.Module) -> dict[str, nn.Linear] | None:
     """The Linear modules holding every trainable parameter, or None if some live elsewhere (conv, norm)."""
     layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     owned = {f"{n}.{k}" for n, m in layers.items() for k, _ in m.named_parameters(recurse=False)}
@@ -88,7 +88,7 @@ def grad_stat_sum(model: nn.Module, x: Tensor, sample_loss: Callable[..., Tensor
     trainable parameters are all in Linear layers, the same numbers from one backward pass and the outer-product
     factorisation (no per-sample gradient is materialised); otherwise vmap."""
     if backend == "auto":
-        layers = _linear_layers(model)
+        layers = linear_layers(model)
         if layers is not None:
             out = _linear_grad_stat_sum(model, layers, x, sample_loss, extras, stat)
             if out is not None:
@@ -98,7 +98,7 @@ def grad_stat_sum(model: nn.Module, x: Tensor, sample_loss: Callable[..., Tensor
 
 def _chunk(model: nn.Module, chunk: int, backend: str) -> int:
     """``chunk`` bounds the per-sample gradients vmap materialises; the Linear path holds only activations."""
-    return max(chunk, 4096) if backend == "auto" and _linear_layers(model) is not None else chunk
+    return max(chunk, 4096) if backend == "auto" and linear_layers(model) is not None else chunk
 
 
 def _masked_log_softmax(logits: Tensor, mask: Tensor) -> Tensor:
@@ -167,6 +167,59 @@ def fisher_diag(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor, kind: str 
     return {n: t / len(x) for n, t in total.items()}
 
 
+def kfac_factors(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor, kind: str = "true", chunk: int = 4096,
+                 generator: torch.Generator | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+    """K-FAC's Fisher per Linear layer (Martens & Grosse 2015): ``{layer: (A, G)}`` with A = E[a a^T] over the
+    layer's inputs a (a 1 appended when it has a bias) and G = E[d d^T] over the per-sample gradients d of
+    -log p(label | x) with respect to its outputs; the layer's Fisher block over vec([W, b]) (columns stacked)
+    is approximated by A (x) G. ``kind``: one label per sample, as :func:`fisher_labels`. Every trainable
+    parameter must live in a Linear layer used once per forward."""
+    if kind not in LABEL_KINDS:
+        raise ValueError(f"kfac_factors: kind={kind!r} is not one of {', '.join(LABEL_KINDS)}")
+    layers = linear_layers(model)
+    if layers is None:
+        raise ValueError("kfac_factors: every trainable parameter must live in a Linear layer")
+    was_training = model.training
+    model.eval()
+
+    def nll(logits: Tensor, yi: Tensor, mi: Tensor) -> Tensor:
+        return -_masked_log_softmax(logits, mi).gather(0, yi.view(1)).squeeze(0)
+
+    sums: dict[str, list[Tensor]] = {}
+    for s in range(0, len(x), chunk):
+        xb, yb, mb = x[s : s + chunk], y[s : s + chunk], mask[s : s + chunk]
+        labels = fisher_labels(model, xb, yb, mb, kind, generator)
+        factors = _linear_factors(model, layers, xb, nll, (labels, mb))
+        if factors is None:
+            raise ValueError("kfac_factors: a Linear layer is used twice or on sequences")
+        for name, (a, d) in factors.items():
+            if layers[name].bias is not None:
+                a = torch.cat([a, a.new_ones(len(a), 1)], 1)
+            A, G = a.T @ a, d.T @ d
+            if name in sums:
+                sums[name][0] += A
+                sums[name][1] += G
+            else:
+                sums[name] = [A, G]
+    model.train(was_training)
+    return {name: (A / len(x), G / len(x)) for name, (A, G) in sums.items()}
+
+
+def add_kronecker(old: tuple[Tensor, Tensor], new: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """One Kronecker product standing for A1 (x) G1 + A2 (x) G2: (A1 + A2 / pi, G1 + pi G2) with
+    pi = sqrt(tr G1 tr A2 / (tr G2 tr A1)), the additive rule of NCL (Kao et al. 2021) that van de Ven's code
+    uses for online K-FAC EWC. The sum of factors adds cross terms A1 (x) pi G2 + A2 / pi (x) G1; this pi makes
+    their trace the smallest. A factor pair with zero trace adds nothing."""
+    (A1, G1), (A2, G2) = old, new
+    t_a1, t_g1, t_a2, t_g2 = (float(torch.trace(m)) for m in (A1, G1, A2, G2))
+    if min(t_a1, t_g1) <= 0:
+        return A2, G2
+    if min(t_a2, t_g2) <= 0:
+        return A1, G1
+    pi = (t_g1 * t_a2 / (t_g2 * t_a1)) ** 0.5
+    return A1 + A2 / pi, G1 + pi * G2
+
+
 def mas_importance(model: nn.Module, x: Tensor, mask: Tensor, chunk: int = 256,
                    backend: str = "auto", abs_batch: int | None = None) -> dict[str, Tensor]:
     """MAS: E_x |d(0.5 ||f(x)||^2)/d theta| with f(x) the candidate outputs (non-candidates zeroed).
@@ -232,7 +285,7 @@ class SampleGradients:
             return -_masked_log_softmax(logits, mi).gather(0, yi.view(1)).squeeze(0)
 
         self.factors: dict[str, tuple[Tensor, Tensor]] | None = None
-        layers = _linear_layers(model) if backend == "auto" else None
+        layers = linear_layers(model) if backend == "auto" else None
         if layers is not None:
             self.factors = _linear_factors(model, layers, x, nll, (y, mask))
         if self.factors is None:

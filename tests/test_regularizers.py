@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clrun.importance import batch_squared_gradient, fisher_diag, mas_importance
+from clrun.importance import add_kronecker, batch_squared_gradient, fisher_diag, kfac_factors, mas_importance
 from clrun.learner import Learner
 from clrun.methods.base import Batch, Step
 from clrun.methods.ewc import EWC
@@ -14,7 +14,7 @@ from clrun.methods.naive import Naive
 from clrun.methods.si import SI
 from clrun.models import MLP
 from clrun.run import run
-from clrun.streams import Scenario, split
+from clrun.streams import ConfigError, Scenario, split
 from tests.conftest import FAST, make_cfg
 
 NO_STEP = Step(None, None, None)  # hooks that do not read the step
@@ -67,12 +67,12 @@ def test_fisher_estimators_match_brute_force(kind, chunk, backend):
 
 
 def test_models_with_convolutions_take_the_vmap_path_and_match_brute_force():
-    from clrun.importance import _linear_layers
+    from clrun.importance import linear_layers
     from clrun.models import CNN
 
     torch.manual_seed(0)
     model = CNN((1, 8, 8), 5, channels=[3], hidden=6).double()
-    assert _linear_layers(model) is None and _linear_layers(MLP((1, 2, 2), 3)) is not None
+    assert linear_layers(model) is None and linear_layers(MLP((1, 2, 2), 3)) is not None
     x = torch.randn(7, 1, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 5, (7,))
     mask = torch.ones(7, 5, dtype=torch.bool)
@@ -177,6 +177,93 @@ def test_ewc_penalty_is_half_lam_F_delta_squared():
     auto = torch.autograd.grad(expected, list(L.model.parameters()))
     for p, g in zip(L.model.parameters(), auto):
         torch.testing.assert_close(p.grad, g)
+
+
+def _vec(w):
+    return w.T.reshape(-1)  # columns stacked: vec(G X A) = (A (x) G) vec(X) for symmetric A
+
+
+def test_kfac_penalty_is_the_kronecker_quadratic_form_without_forming_it():
+    ewc = EWC(lam=3.0, fisher="empirical", fisher_form="kfac")
+    L = _learner_with(ewc)
+    ewc.after_task(0)
+    anchors = {n: W.clone() for n, (_, _, W) in ewc.kfac[0].items()}
+    with torch.no_grad():
+        for p in L.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    layers = dict(L.model.named_modules())
+    expected = 0
+    for name, (A, G, _) in ewc.kfac[0].items():
+        m = layers[name]
+        d = _vec(torch.cat([m.weight, m.bias[:, None]], 1) - anchors[name])
+        expected = expected + 0.5 * 3.0 * d @ torch.kron(A, G) @ d
+    torch.testing.assert_close(ewc.penalty(None, None), expected)
+
+
+def test_kfac_of_one_sample_is_its_exact_fisher_block_and_its_diagonal_the_diagonal_fisher():
+    model, x, y, mask = tiny_problem(n=1)
+    factors = kfac_factors(model, x, y, mask, "empirical")
+    diag = fisher_diag(model, x, y, mask, "empirical", backend="vmap")
+    logp = F.log_softmax(model(x).masked_fill(~mask, -1e300), dim=1)[0, y[0]]
+    layers = dict(model.named_modules())
+    for name, (A, G) in factors.items():
+        m = layers[name]
+        gw, gb = torch.autograd.grad(-logp, [m.weight, m.bias], retain_graph=True)
+        g = _vec(torch.cat([gw, gb[:, None]], 1))
+        block = torch.kron(A, G)
+        torch.testing.assert_close(block, torch.outer(g, g))  # one sample: A (x) G is the Fisher block itself
+        on_diag = torch.diagonal(block)
+        torch.testing.assert_close(on_diag[: gw.numel()], _vec(diag[f"{name}.weight"]))
+        torch.testing.assert_close(on_diag[gw.numel():], diag[f"{name}.bias"])
+
+
+def test_add_kronecker_picks_the_scale_that_makes_the_cross_terms_smallest():
+    torch.manual_seed(0)
+    A1, G1, A2, G2 = (torch.randn(k, k, dtype=torch.float64) for k in (3, 2, 3, 2))
+    A1, G1, A2, G2 = (m @ m.T for m in (A1, G1, A2, G2))
+    A, G = add_kronecker((A1, G1), (A2, G2))
+    best = torch.trace(torch.kron(A, G))
+    for pi in (0.5, 0.9, 1.1, 2.0):  # the same sum of factors at other scales: a larger trace
+        pi_star = float(torch.trace(A1 - A) / -torch.trace(A2)) ** -1  # A = A1 + A2 / pi*
+        p = pi * pi_star
+        assert torch.trace(torch.kron(A1 + A2 / p, G1 + p * G2)) > best
+    zero = torch.zeros_like(A1), torch.zeros_like(G1)
+    assert add_kronecker(zero, (A2, G2))[0] is A2 and add_kronecker((A1, G1), (A2 * 0, G2))[1] is G1
+
+
+def test_online_kfac_ewc_keeps_one_merged_pair_per_layer_at_the_latest_anchor():
+    ewc = EWC(lam=1.0, fisher="empirical", fisher_form="kfac", online=True, gamma=0.5)
+    L = _learner_with(ewc)
+    ewc.after_task(0)
+    first = {n: (A.clone(), G.clone()) for n, (A, G, _) in ewc.kfac[0].items()}
+    with torch.no_grad():
+        for p in L.model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, y, ids = L.task_sample(1, ewc.fisher_samples)
+    new = kfac_factors(L.model, x, y, L.scenario.train_candidates(ids, 1), "empirical")
+    ewc.after_task(1)
+    assert len(ewc.kfac) == 1 and ewc.name == "online_ewc_kfac"
+    for name, (A, G, W) in ewc.kfac[0].items():
+        A_want, G_want = add_kronecker((0.5 * first[name][0], first[name][1]), new[name])
+        torch.testing.assert_close(A, A_want)
+        torch.testing.assert_close(G, G_want)
+        m = dict(L.model.named_modules())[name]
+        torch.testing.assert_close(W, torch.cat([m.weight, m.bias[:, None]], 1).detach())
+
+
+def test_kfac_ewc_steps_with_the_gradient_of_the_loss_it_logs(tmp_path):
+    for online in (False, True):  # check_step: the applied gradient is autograd's of the logged loss, penalty in
+        row = run(make_cfg(*FAST, "method=ewc", "method.fisher_form=kfac", f"method.online={online}", "iters=3",
+                           "benchmark.n_tasks=5", "check_step=true", "checkpoint=false"), tmp_path / str(online))
+        assert row["status"] == "completed"
+
+
+def test_kfac_refuses_what_it_cannot_factor(tmp_path):
+    with pytest.raises(ConfigError, match="method.fisher_form=kfac takes one label per sample"):
+        EWC(fisher="expected", fisher_form="kfac")
+    with pytest.raises(ConfigError, match="method.fisher_form=kfac factors the Fisher of Linear layers"):
+        run(make_cfg(*FAST, "method=ewc", "method.fisher_form=kfac", "model=cnn", "model.hidden=16"), tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_si_importance_is_the_path_integral_on_a_two_step_quadratic():
@@ -443,5 +530,14 @@ def naive_permuted(tmp_path_factory):
 def test_regulariser_reduces_forgetting_on_a_synthetic_permuted_stream(tmp_path, naive_permuted, method, lam):
     row = run(make_cfg(*PERMUTED_SYN, f"method={method}", f"lam={lam}"), tmp_path)
     assert naive_permuted["forgetting"] > 0.05
+    assert row["forgetting"] < 0.85 * naive_permuted["forgetting"]
+    assert row["ACC"] > naive_permuted["ACC"]
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_kfac_ewc_reduces_forgetting_on_a_synthetic_permuted_stream(tmp_path, naive_permuted, online):
+    row = run(make_cfg(*PERMUTED_SYN, "method=ewc", "method.fisher_form=kfac", f"method.online={online}", "lam=3"),
+              tmp_path)
+    assert row["method"] == ("online_ewc_kfac" if online else "ewc_kfac")
     assert row["forgetting"] < 0.85 * naive_permuted["forgetting"]
     assert row["ACC"] > naive_permuted["ACC"]

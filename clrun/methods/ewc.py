@@ -12,7 +12,13 @@ diagonal entry, and an explicit gradient step overshoots once lr * lam * l_1 > 2
 c_i = v_i . d shrinks to c_i / (1 + lr * lam * l_i), the backward-Euler step of the same quadratic (equal to
 the gradient step to first order in lr, stable for every lam); that is the proximal step of plain SGD, so
 ``implicit`` needs optimizer=sgd without momentum or weight decay. ``explicit`` adds lam V (l * V^T d) to the
-gradients instead, with any optimiser."""
+gradients instead, with any optimiser.
+
+``fisher_form=kfac``: per Linear layer the Fisher block over W' = [W, b] is A (x) G (clrun.importance.kfac_factors:
+A from the layer's inputs, G from the gradients at its outputs; Ritter et al. 2018, van de Ven's ``--fisher-kfac``),
+and the penalty (lam/2) sum_layers tr(dW'^T G dW' A) needs no Kronecker product. One (A, G, W'*) per layer and
+task; ``online=true`` keeps one pair per layer, (gamma A, G) and the new pair merged by
+clrun.importance.add_kronecker (van de Ven's code), anchored at the latest W'*. The penalty goes through autograd."""
 
 from __future__ import annotations
 
@@ -24,7 +30,17 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector
 
-from clrun.importance import FISHER_KINDS, LABEL_KINDS, SampleGradients, fisher_diag, fisher_labels, lanczos_top
+from clrun.importance import (
+    FISHER_KINDS,
+    LABEL_KINDS,
+    SampleGradients,
+    add_kronecker,
+    fisher_diag,
+    fisher_labels,
+    kfac_factors,
+    lanczos_top,
+    linear_layers,
+)
 from clrun.methods.base import require
 from clrun.methods.quadratic import QuadraticPenalty
 
@@ -40,8 +56,11 @@ class EWC(QuadraticPenalty):
         require(fisher_samples is None or fisher_samples >= 1,
                 f"method.fisher_samples={fisher_samples!r} must be a positive integer or null (all)")
         require(0.0 < gamma <= 1.0, f"method.gamma={gamma!r} must be in (0, 1]")
-        require(fisher_form in ("diagonal", "lowrank"),
-                f"method.fisher_form={fisher_form!r} is not allowed; use diagonal or lowrank")
+        require(fisher_form in FISHER_FORMS,
+                f"method.fisher_form={fisher_form!r} is not allowed; use one of {', '.join(FISHER_FORMS)}")
+        if fisher_form == "kfac":
+            require(fisher in LABEL_KINDS, f"method.fisher_form=kfac takes one label per sample: method.fisher="
+                    f"{fisher} is not allowed with it; use true, empirical or predicted")
         if fisher_form == "lowrank":
             require(isinstance(rank, int) and rank >= 1, f"method.rank={rank!r} must be an integer >= 1")
             require(not online, "method.fisher_form=lowrank keeps one eigenbasis per task; online=true is not "
@@ -54,14 +73,18 @@ class EWC(QuadraticPenalty):
         self.fisher, self.fisher_samples, self.chunk, self.backend = fisher, fisher_samples, chunk, backend
         self.fisher_form, self.rank, self.lowrank_step = fisher_form, int(rank), lowrank_step
         self.eigen: list[tuple[Tensor, Tensor, Tensor]] = []  # lowrank: (eigenvalues, vectors [P, r], theta*)
+        self.kfac: list[dict[str, list[Tensor]]] = []  # kfac: per task (one when online) {layer: [A, G, W'*]}
 
     @property
     def name(self) -> str:
-        if self.online:
-            return "online_ewc"
-        return "ewc_lowrank" if self.fisher_form == "lowrank" else "ewc"
+        form = "" if self.fisher_form == "diagonal" else f"_{self.fisher_form}"
+        return f"online_ewc{form}" if self.online else f"ewc{form}"
 
     def setup(self) -> None:
+        if self.fisher_form == "kfac":
+            require(linear_layers(self.ctx.model) is not None, f"method.fisher_form=kfac factors the Fisher of "
+                    f"Linear layers; {type(self.ctx.model).__name__} has weights in other layers: use model=mlp, or "
+                    "fisher_form=diagonal")
         if self.fisher_form == "lowrank" and self.lowrank_step == "implicit":
             # the proximal step shrinks by 1 / (1 + lr lam l): the step plain SGD takes, and no other optimiser
             require(self.ctx.plain_sgd_lr() is not None,
@@ -76,6 +99,9 @@ class EWC(QuadraticPenalty):
         x, y, ids = L.task_sample(task_id, self.fisher_samples)
         g = torch.Generator().manual_seed(L.seed * 104729 + task_id)  # labels sampled for the true Fisher
         mask = L.train_candidates(ids, task_id)  # the units the training loss spans (train_units=all: every one)
+        if self.fisher_form == "kfac":
+            self.consolidate_kfac(kfac_factors(L.model, x, y, mask, self.fisher, generator=g))
+            return
         if self.fisher_form == "diagonal":
             self.consolidate(fisher_diag(L.model, x, y, mask, self.fisher, self.chunk, generator=g,
                                          backend=self.backend))
@@ -93,6 +119,48 @@ class EWC(QuadraticPenalty):
         if stiffness > 2 and self.lowrank_step == "explicit":
             log.warning("ewc lowrank: lr * lam * top eigenvalue = %.3g > 2 after task %d: the penalty's step is "
                         "unstable along the top eigenvector; lower lam or lr", stiffness, task_id + 1)
+
+    def consolidate_kfac(self, factors: dict[str, tuple[Tensor, Tensor]]) -> None:
+        layers = dict(self.ctx.model.named_modules())
+        new = {n: [A, G, _augmented(layers[n]).detach().clone()] for n, (A, G) in factors.items()}
+        if self.online and self.kfac:  # one running pair per layer: (gamma A, G) + (A_new, G_new), latest anchor
+            old = self.kfac[0]
+            new = {n: [*add_kronecker((self.gamma * old[n][0], old[n][1]), (A, G)), W] for n, (A, G, W) in new.items()}
+            self.kfac = [new]
+        else:
+            self.kfac.append(new)
+        self._check_kfac_stability()
+
+    def _check_kfac_stability(self) -> None:
+        """Warn when an explicit SGD step on the penalty overshoots: its curvature along the sharpest direction of a
+        layer is lam x (the sum over tasks of) top eig(A) x top eig(G), a Kronecker product's eigenvalues being
+        products."""
+        limit = self.ctx.sgd_stability_limit()
+        if limit is None or self.lam == 0:
+            return
+        lr, bound = limit
+        top = {n: 0.0 for n in self.kfac[-1]}
+        for task in self.kfac:
+            for n, (A, G, _) in task.items():
+                top[n] += float(torch.linalg.eigvalsh(A)[-1]) * float(torch.linalg.eigvalsh(G)[-1])
+        name, curvature = max(top.items(), key=lambda kv: kv[1])
+        if lr * self.lam * curvature > bound:
+            log.warning("%s: lr x lam x the penalty's top curvature in layer %s is %.3g > %.3g: an explicit SGD step "
+                        "overshoots the anchor along it and the run may diverge; lam <= %.3g keeps it stable, or "
+                        "lower lr", self.name, name, lr * self.lam * curvature, bound, bound / (lr * curvature))
+
+    def kfac_value(self) -> Tensor:
+        """(lam/2) sum over tasks and layers of tr(dW'^T G dW' A) = vec(dW')^T (A (x) G) vec(dW')."""
+        layers = dict(self.ctx.model.named_modules())
+        total = torch.zeros((), device=self.ctx.device)
+        for task in self.kfac:
+            for name, (A, G, anchor) in task.items():
+                d = _augmented(layers[name]) - anchor
+                total = total + (d * (G @ d @ A)).sum()
+        return 0.5 * self.lam * total
+
+    def penalty(self, batch, logits) -> Tensor | None:
+        return self.kfac_value() if self.kfac and self.lam != 0 else None
 
     def _theta(self) -> Tensor:
         return parameters_to_vector(self.ctx.trainable_parameters()).detach()
@@ -151,4 +219,13 @@ class EWC(QuadraticPenalty):
     def extra_metrics(self) -> dict:
         row = super().extra_metrics()
         row["importance_bytes"] += sum(t.nbytes for e in self.eigen for t in e)
+        row["importance_bytes"] += sum(t.nbytes for task in self.kfac for ts in task.values() for t in ts)
         return row
+
+
+FISHER_FORMS = ("diagonal", "lowrank", "kfac")
+
+
+def _augmented(layer: torch.nn.Linear) -> Tensor:
+    """W' = [W, b]: the weight with the bias as its last column (K-FAC's input with a 1 appended)."""
+    return layer.weight if layer.bias is None else torch.cat([layer.weight, layer.bias[:, None]], 1)

@@ -32,7 +32,7 @@ from clrun.streams import Scenario, permuted
 
 HERE = Path(__file__).resolve().parents[2] / "results" / "speed"
 METHODS = ["naive", "ewc", "online_ewc", "si", "mas", "lwf", "er", "agem", "gem", "der", "derpp", "icarl", "pnn",
-           "packnet", "supsup"]
+           "packnet", "supsup", "dgr", "dgr_distill"]
 # the scenario each method is timed in: its own where it cannot serve domain-IL
 SCENARIO = {"icarl": "class_il", "pnn": "task_il", "packnet": "task_il", "supsup": "task_il"}
 
