@@ -23,6 +23,7 @@ A method reads and changes the run only through ``self.ctx`` (:class:`clrun.cont
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -173,6 +174,14 @@ class Method:
         """Arrays for the run directory, ``{name: {key: array}}``: each name is written as ``name.npz`` after
         every task (DGR's generated samples, which ``replay_samples.png`` draws)."""
         return {}
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A snapshot of ``module`` in eval mode with no gradients: the previous model of LwF, iCaRL and DGR."""
+    copied = copy.deepcopy(module).eval()
+    for p in copied.parameters():
+        p.requires_grad_(False)
+    return copied
 
 
 def require(condition: bool, message: str) -> None:

@@ -23,7 +23,6 @@ No input is stored: ``buffer_bytes`` is 0; ``generator_parameters`` and ``genera
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 
@@ -33,7 +32,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from clrun.methods.base import Batch, Method, Step, require
+from clrun.importance import linear_layers
+from clrun.methods.base import Batch, Method, Step, frozen_copy, require
 from clrun.models import VAE
 
 LIKELIHOODS = ("auto", "bernoulli", "gaussian")
@@ -78,10 +78,8 @@ class DGR(Method):
         ctx = self.ctx
         hidden = self.hidden
         if hidden is None:  # the classifier's fully connected layers, mirrored (the authors' generator)
-            linear = [m for m in ctx.model.modules() if isinstance(m, nn.Linear)]
-            only_linear = all(isinstance(m, (nn.Linear, nn.ReLU, nn.Flatten, nn.Sequential)) or m is ctx.model
-                              for m in ctx.model.modules())
-            require(only_linear and len(linear) >= 2, f"method.hidden=null mirrors an MLP's hidden layers; "
+            linear = list((linear_layers(ctx.model) or {}).values())
+            require(len(linear) >= 2, f"method.hidden=null mirrors an MLP's hidden layers; "
                     f"{type(ctx.model).__name__} is not one: set method.hidden=[...]")
             hidden = [m.out_features for m in linear[:-1]]
         likelihood = self.likelihood
@@ -161,8 +159,8 @@ class DGR(Method):
         t0 = time.perf_counter()
         self.train_generator(task_id, self.iters or self.steps_this_task)
         self.generator_seconds += time.perf_counter() - t0
-        self.old_generator = _frozen(self.generator)
-        self.old_model = _frozen(self.ctx.model)
+        self.old_generator = frozen_copy(self.generator)
+        self.old_model = frozen_copy(self.ctx.model)
         with torch.no_grad():  # what task t + 1 replays, and the units the classifier gives it
             x = self.generator.sample(SAMPLES_SHOWN, torch.Generator().manual_seed(self.ctx.seed * 31 + task_id))
             seen = self.ctx.scenario.seen_units[task_id]  # domain-IL: every unit
@@ -211,9 +209,3 @@ class DGR(Method):
         return {"replay_samples": {"samples": torch.stack(self.samples).numpy(),
                                    "units": torch.stack(self.sample_units).numpy()}}
 
-
-def _frozen(module: nn.Module) -> nn.Module:
-    copied = copy.deepcopy(module).eval()
-    for p in copied.parameters():
-        p.requires_grad_(False)
-    return copied

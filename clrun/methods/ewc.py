@@ -41,7 +41,7 @@ from clrun.importance import (
     lanczos_top,
     linear_layers,
 )
-from clrun.methods.base import require
+from clrun.methods.base import Batch, require
 from clrun.methods.quadratic import QuadraticPenalty
 
 log = logging.getLogger("clrun")
@@ -151,15 +151,15 @@ class EWC(QuadraticPenalty):
 
     def kfac_value(self) -> Tensor:
         """(lam/2) sum over tasks and layers of tr(dW'^T G dW' A) = vec(dW')^T (A (x) G) vec(dW')."""
-        layers = dict(self.ctx.model.named_modules())
+        model = self.ctx.model
         total = torch.zeros((), device=self.ctx.device)
         for task in self.kfac:
             for name, (A, G, anchor) in task.items():
-                d = _augmented(layers[name]) - anchor
+                d = _augmented(model.get_submodule(name)) - anchor
                 total = total + (d * (G @ d @ A)).sum()
         return 0.5 * self.lam * total
 
-    def penalty(self, batch, logits) -> Tensor | None:
+    def penalty(self, batch: Batch, logits: Tensor) -> Tensor | None:
         return self.kfac_value() if self.kfac and self.lam != 0 else None
 
     def _theta(self) -> Tensor:

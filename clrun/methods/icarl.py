@@ -14,13 +14,11 @@ It exists to measure what that did to the paper's numbers; ``stored`` (default) 
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clrun.methods.base import Batch, Step, require, require_backbone
+from clrun.methods.base import Batch, Step, frozen_copy, require, require_backbone
 from clrun.methods.replay import ReplayMethod
 
 REPLAY_MODES = ("batch", "merged")
@@ -144,9 +142,7 @@ class ICaRL(ReplayMethod):
 
     def after_task(self, task_id: int) -> None:
         L = self.ctx
-        self.old_model = copy.deepcopy(L.model).eval()
-        for p in self.old_model.parameters():
-            p.requires_grad_(False)
+        self.old_model = frozen_copy(L.model)
         x, y, ids = L.task_sample(task_id)  # every sample, in the task's order: row i is train_x[i] viewed
         stored = L.stream.tasks[task_id].train_x
         new_units = y.unique().tolist()

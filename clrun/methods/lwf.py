@@ -23,13 +23,11 @@ table; their later code sums over units (``batch``, the default and the textbook
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clrun.methods.base import Batch, Method, require, require_backbone
+from clrun.methods.base import Batch, Method, frozen_copy, require, require_backbone
 
 
 class LwF(Method):
@@ -87,9 +85,7 @@ class LwF(Method):
         ctx.fit(task_id, self.warmup_epochs, head_loss, list(model.head.parameters()), self.warmup_lr, g)
 
     def after_task(self, task_id: int) -> None:
-        self.old_model = copy.deepcopy(self.ctx.model).eval()
-        for p in self.old_model.parameters():
-            p.requires_grad_(False)
+        self.old_model = frozen_copy(self.ctx.model)
         self.old_tasks = task_id + 1
 
     def unit_groups(self) -> list[Tensor]:
