@@ -208,6 +208,12 @@ def load(out_dir: Path, ident: dict[str, Any], modules: frozenset[str], device: 
     return decode(payload["state"], modules)
 
 
+def model_state(out_dir: Path) -> dict[str, Any]:
+    """The model weights of the last task checkpointed in run directory ``out_dir`` (a trunk to reuse)."""
+    state = _read(Path(out_dir) / CHECKPOINT_FILE, "cpu")["state"]
+    return decode(state["model"], frozenset())
+
+
 def _read(path: Path, device: str) -> dict:
     try:
         payload = torch.load(path, map_location=device, weights_only=True)

@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from clrun.learner import Learner
+from clrun.methods.adapters import Adapters
 from clrun.methods.packnet import PackNet
 from clrun.methods.pnn import PNN
 from clrun.methods.supsup import SupSup
-from clrun.models import MLP
+from clrun.models import CNN, MLP, Backbone
 from clrun.run import run
 from clrun.streams import ConfigError, Scenario, split
 from tests.conftest import FAST, make_cfg
@@ -26,8 +27,9 @@ def _outputs(L, task_id):
 
 
 @pytest.mark.parametrize("make", [lambda: PNN(hidden=[16, 16]), lambda: PNN(hidden=[16, 16], laterals="per_column"),
-                                  lambda: PackNet(prune=0.5, post_prune_epochs=1), lambda: SupSup(sparsity=0.5)],
-                         ids=["pnn", "pnn_per_column", "packnet", "supsup"])
+                                  lambda: PackNet(prune=0.5, post_prune_epochs=1), lambda: SupSup(sparsity=0.5),
+                                  lambda: Adapters(kind="bottleneck", rank=4), lambda: Adapters(kind="lora", rank=4)],
+                         ids=["pnn", "pnn_per_column", "packnet", "supsup", "adapters_bottleneck", "adapters_lora"])
 def test_old_task_outputs_are_bit_identical_after_later_tasks(make):
     # momentum 0.9 on purpose: frozen weights must not drift through the optimiser's state either
     L = _learner(make())
@@ -134,13 +136,13 @@ def test_supsup_stores_one_bit_per_weight_per_task():
     assert all(p.numel() == 0 for p in L.model.supermask_scores[0].parameters())
 
 
-@pytest.mark.parametrize("method", ["pnn", "packnet", "supsup"])
+@pytest.mark.parametrize("method", ["pnn", "packnet", "supsup", "adapters"])
 def test_dynamic_methods_refuse_scenarios_without_task_ids(tmp_path, method):
     with pytest.raises(ConfigError, match="supports: task_il"):
         run(make_cfg(*FAST, f"method={method}", "scenario=class_il"), tmp_path)
 
 
-@pytest.mark.parametrize("method", ["pnn", "packnet", "supsup"])
+@pytest.mark.parametrize("method", ["pnn", "packnet", "supsup", "adapters"])
 def test_dynamic_methods_run_end_to_end_with_zero_forgetting(tmp_path, method):
     row = run(make_cfg(*FAST, f"method={method}", "scenario=task_il", "epochs=3"), tmp_path)
     assert row["status"] == "completed" and row["forgetting"] == pytest.approx(0.0, abs=1e-9)
@@ -197,3 +199,109 @@ def test_top_mask_keeps_exactly_the_largest_fraction_even_with_ties():
     tied[0, :5] = 1.0  # 5 ones, 95 zeros: the 20 kept must be the 5 ones and 15 of the tied zeros
     mask = top_mask(tied, 0.2)
     assert int(mask.sum()) == 20 and bool(mask[0, :5].all())
+
+
+# ---- adapters on a frozen trunk
+@pytest.mark.parametrize("kind", ["bottleneck", "lora"])
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_a_new_adapter_starts_as_the_trunk_and_adds_the_stated_parameters(kind, model):
+    s = split(dataset="synthetic", n_tasks=3, side=8, n_train=20, n_test=10)
+    sc = Scenario("task_il", s)
+    torch.manual_seed(0)
+    net = (MLP((1, 8, 8), sc.n_outputs, hidden=[12, 10]) if model == "mlp"
+           else CNN((1, 8, 8), sc.n_outputs, channels=[3, 5], hidden=7))
+    ad = Adapters(kind=kind, rank=2)
+    L = Learner(net, s, sc, ad, batch_size=8, optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=0.1))
+    L.train_task(0)
+    x = s.tasks[0].eval_x
+    with torch.no_grad():
+        bare = L.model.head(L.model.features(x))  # the trunk and task 0's head, no adapter
+        assert torch.allclose(ad.forward(x, 1), bare, atol=1e-6)  # task 1's untrained adapters: the identity
+        for p in L.model.task_adapters[1].parameters():
+            p.add_(0.1)
+        assert not torch.allclose(ad.forward(x, 1), bare, atol=1e-3)  # and they act on every adapted layer
+    layers = [m for m in L.model.features.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    if kind == "bottleneck":  # down C->r and up r->C, both with biases
+        outs = [m.out_features if isinstance(m, torch.nn.Linear) else m.out_channels for m in layers]
+        expected = sum(2 * c * 2 + 2 + c for c in outs)
+    else:  # A: r x (fan-in), B: out x r
+        expected = sum(2 * (m.weight[0].numel() + m.weight.shape[0]) for m in layers)
+    row = ad.extra_metrics()
+    head = sum(p.numel() for p in L.model.head.parameters())
+    assert row["adapter_parameters_per_task"] == expected and row["head_parameters_per_task"] == head
+    assert row["added_bytes_per_task"] == 4 * (expected + head)
+    assert len(L.model.task_adapters[0]) == 0  # task 0 is the trunk itself
+
+
+class _NormNet(Backbone):
+    def __init__(self, in_shape, n_outputs):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 12), torch.nn.BatchNorm1d(12),
+                                            torch.nn.ReLU())
+        self.head = torch.nn.Linear(12, n_outputs)
+
+
+def test_the_frozen_trunk_keeps_its_weights_and_batch_norm_statistics():
+    s = split(dataset="synthetic", n_tasks=3, side=4, n_train=30, n_test=10)
+    sc = Scenario("task_il", s)
+    torch.manual_seed(0)
+    L = Learner(_NormNet((1, 4, 4), sc.n_outputs), s, sc, Adapters(rank=3), batch_size=8,
+                optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3))
+    L.train_task(0)
+    trunk = {k: v.clone() for k, v in L.model.features.state_dict().items()}
+    head0 = L.model.task_heads[0].weight.clone()
+    L.train_task(1, epochs=2)
+    after = L.model.features.state_dict()
+    assert all(torch.equal(trunk[k], after[k]) for k in trunk)  # running mean and var included
+    assert torch.equal(L.model.task_heads[0].weight, head0)
+    assert not torch.equal(L.model.task_heads[1].weight, head0)  # task 1 learnt its own head
+
+
+def test_a_trunk_from_an_earlier_run_is_loaded_frozen_and_every_task_gets_adapters(tmp_path):
+    run(make_cfg(*FAST, "method=naive", "scenario=task_il", "benchmark.n_tasks=2"), tmp_path / "pre")
+    from clrun import checkpoint as ckpt
+
+    pre = ckpt.model_state(tmp_path / "pre")
+    row = run(make_cfg(*FAST, "method=adapters", "scenario=task_il", f"method.trunk={tmp_path / 'pre'}"),
+              tmp_path / "ad")
+    assert row["status"] == "completed" and row["forgetting"] == pytest.approx(0.0, abs=1e-9)
+    after = ckpt.model_state(tmp_path / "ad")
+    assert all(torch.equal(after[k], v) for k, v in pre.items() if k.startswith("features."))
+    assert any(k.startswith("task_adapters.0.") for k in after)  # task 0 is adapted too
+    torch.save({k: v for k, v in pre.items()}, tmp_path / "trunk.pt")  # a plain state_dict file works the same
+    assert run(make_cfg(*FAST, "method=adapters", "scenario=task_il", "benchmark.n_tasks=2",
+                        f"method.trunk={tmp_path / 'trunk.pt'}"), tmp_path / "file")["status"] == "completed"
+    with pytest.raises(ConfigError, match="method.trunk=.*no such file"):
+        run(make_cfg(*FAST, "method=adapters", "scenario=task_il", f"method.trunk={tmp_path / 'nothing'}"),
+            tmp_path / "bad")
+    with pytest.raises(ConfigError, match="does not fit model=MLP"):
+        run(make_cfg(*FAST, "method=adapters", "scenario=task_il", "model.hidden=[32]",
+                     f"method.trunk={tmp_path / 'pre'}"), tmp_path / "wide")
+    for refused in ("bad", "wide"):  # refused before any file of the run was written
+        assert not (tmp_path / refused).exists() or not any((tmp_path / refused).iterdir())
+
+
+@pytest.mark.parametrize("kind", ["bottleneck", "lora"])
+def test_adapters_infer_the_task_by_entropy_without_task_ids(tmp_path, kind):
+    # domain-IL permuted stream: the task is the permutation, which the labels do not tell; chance is 1/4
+    row = run(make_cfg(*PERMUTED_SYNTHETIC, "method=adapters", f"method.kind={kind}",
+                       "method.task_inference=entropy"), tmp_path)
+    assert row["task_inference_acc"] >= 0.9 and row["ACC"] >= 0.9
+
+
+def test_adapters_entropy_inference_answers_within_one_tasks_classes_in_class_il():
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=30, n_test=10)
+    sc = Scenario("class_il", s)
+    torch.manual_seed(0)
+    ad = Adapters(rank=4, task_inference="entropy", inference_batch=5)
+    L = Learner(MLP((1, 4, 4), sc.n_outputs, hidden=[32]), s, sc, ad, batch_size=16,
+                optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=0.1))
+    for t in range(3):
+        L.train_task(t, epochs=3)
+    x = torch.cat([s.tasks[1].eval_x, s.tasks[2].eval_x])  # 20 + 20: four groups of 5 per task
+    with torch.inference_mode():
+        pred = ad.predict(x, 1, 2).argmax(1)
+    task_of_unit = sc.task_units.float().argmax(0)[pred]
+    for g in range(8):  # each group of 5 answers among one learnt task's classes
+        assert len(task_of_unit[5 * g: 5 * g + 5].unique()) == 1
+    assert int(task_of_unit.max()) <= 2

@@ -51,7 +51,7 @@ def test_every_method_yaml_trains_through_the_one_step(tmp_path, method, scenari
         with pytest.raises(ConfigError, match="is given twice"):
             run(cfg, tmp_path)
         return
-    if stacked and method in ("pnn", "packnet", "supsup"):  # they route inputs through their own architecture
+    if stacked and method in ("adapters", "pnn", "packnet", "supsup"):  # they route inputs through their own layers
         with pytest.raises(ConfigError, match="cannot be stacked"):
             run(cfg, tmp_path)
         return

@@ -54,10 +54,10 @@ def test_kill_9_in_task_3_then_resume_gives_the_uninterrupted_R(tmp_path):
     assert log.task.tolist() == pd.read_csv(full / "log.csv").task.tolist()
 
 
-@pytest.mark.parametrize("method", ["ewc", "er", "lwf", "si", "icarl", "dgr"])
+@pytest.mark.parametrize("method", ["ewc", "er", "lwf", "si", "icarl", "dgr", "adapters method.task_inference=entropy"])
 def test_resume_restores_method_state(tmp_path, method):
     # stop after 2 of 4 tasks (iters cap), resume, compare with an uninterrupted run
-    common = [*FAST, f"method={method}", "benchmark.n_tasks=5", "buffer=50", "lam=1"]
+    common = [*FAST, f"method={method}".split()[0], *method.split()[1:], "benchmark.n_tasks=5", "buffer=50", "lam=1"]
     full = tmp_path / "full"
     run(make_cfg(*common), full)
     part = tmp_path / "part"
