@@ -197,7 +197,15 @@ def test_kfac_penalty_is_the_kronecker_quadratic_form_without_forming_it():
         m = layers[name]
         d = _vec(torch.cat([m.weight, m.bias[:, None]], 1) - anchors[name])
         expected = expected + 0.5 * 3.0 * d @ torch.kron(A, G) @ d
-    torch.testing.assert_close(ewc.penalty(None, None), expected)
+    torch.testing.assert_close(ewc.penalty_value(), expected)
+    # its gradient, added in closed form (lam G dW' A), is autograd's gradient of that value
+    params = [p for p in L.model.parameters() if p.requires_grad]
+    want = torch.autograd.grad(ewc.penalty_value(), params)
+    for p in params:
+        p.grad = None
+    torch.testing.assert_close(ewc.add_penalty_gradient(1.0), expected.detach())
+    for p, g in zip(params, want):
+        torch.testing.assert_close(p.grad, g)
 
 
 def test_kfac_of_one_sample_is_its_exact_fisher_block_and_its_diagonal_the_diagonal_fisher():
@@ -254,7 +262,8 @@ def test_online_kfac_ewc_keeps_one_merged_pair_per_layer_at_the_latest_anchor():
 def test_kfac_ewc_steps_with_the_gradient_of_the_loss_it_logs(tmp_path):
     for online in (False, True):  # check_step: the applied gradient is autograd's of the logged loss, penalty in
         row = run(make_cfg(*FAST, "method=ewc", "method.fisher_form=kfac", f"method.online={online}", "iters=3",
-                           "benchmark.n_tasks=5", "check_step=true", "checkpoint=false"), tmp_path / str(online))
+                           "lam=1", "benchmark.n_tasks=5", "check_step=true", "checkpoint=false"),
+                  tmp_path / str(online))
         assert row["status"] == "completed"
 
 

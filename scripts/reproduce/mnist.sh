@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full-MNIST experiments behind the tables in docs/ (results/). Run from anywhere:
-#   CLRUN_DATA=DIR bash scripts/reproduce/mnist.sh [foundation|regularisation|defaults|replay|dynamic|diagnostics|papers|papers_checks|vandeven_seeds|vandeven_dgr]
+#   CLRUN_DATA=DIR bash scripts/reproduce/mnist.sh [foundation|regularisation|defaults|replay|dynamic|diagnostics|papers|papers_checks|vandeven_seeds|vandeven_dgr|fisher_forms|adapters]
 # Each section writes a sweep directory under outputs/readme/ with summary.csv and summary_by_config.csv.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -331,4 +331,39 @@ if [[ $what == vandeven_dgr ]]; then
   clrun-report $r/split_mnist -o $r/split_mnist --compare-paper
   # the permuted rows (10 tasks of 5,000 steps with a 1000-unit classifier and generator) need a GPU:
   #   clrun -m paper=vandeven2019/perm_mnist method=dgr,dgr_distill seed=0,1,2,3,4
+fi
+
+if [[ $what == all || $what == fisher_forms ]]; then
+  # EWC's Fisher as a diagonal, a low-rank eigenbasis plus diagonal, or Kronecker factors (merged across tasks,
+  # gamma 1, as van de Ven's --fisher-kfac runs it), each over a lam grid on its own scale, 3 seeds:
+  # permuted MNIST with 10 tasks and split MNIST, both domain-IL. clrun-select picks each form's lam.
+  r=$out/fisher_forms
+  o="threads=1 quiet=true plots=false checkpoint=false hydra/launcher=joblib hydra.launcher.n_jobs=2 seed=0,1,2"
+  for b in "permuted_mnist benchmark.n_tasks=10" "split_mnist scenario=domain_il"; do
+    d=$r/${b%% *}
+    # a lam past SGD's stability limit diverges: its jobs say so, and the sweep goes on (|| true)
+    clrun -m benchmark=$b method=naive $o hydra.sweep.dir=$d/naive
+    clrun -m benchmark=$b method=ewc method.fisher_form=diagonal lam=1,3,10,30,100,1000 $o \
+      hydra.sweep.dir=$d/diagonal || true
+    clrun -m benchmark=$b method=ewc method.fisher_form=lowrank lam=10,100,1000 $o hydra.sweep.dir=$d/lowrank || true
+    clrun -m benchmark=$b method=online_ewc method.fisher_form=kfac method.gamma=1 lam=0.1,0.3,1,3 $o \
+      hydra.sweep.dir=$d/kfac || true
+    clrun-report $d/naive $d/diagonal $d/lowrank $d/kfac -o $d
+  done
+  python scripts/reproduce/collect_comparison.py fisher_forms $r results/mnist/fisher_forms.csv
+fi
+
+if [[ $what == all || $what == adapters ]]; then
+  # adapters on a trunk frozen after task 1 against the other architectures that cannot forget, task-IL, and
+  # adapters with the task inferred by entropy (domain-IL / class-IL), 3 seeds
+  r=$out/adapters
+  o="threads=1 quiet=true plots=false checkpoint=false hydra/launcher=joblib hydra.launcher.n_jobs=2 seed=0,1,2"
+  for b in "permuted_mnist benchmark.n_tasks=10" split_mnist; do
+    d=$r/${b%% *}
+    clrun -m benchmark=$b scenario=task_il method=naive,adapters,pnn,packnet,supsup $o hydra.sweep.dir=$d/task_il
+    clrun -m benchmark=$b scenario=task_il method=adapters method.kind=lora $o hydra.sweep.dir=$d/task_il_lora
+    clrun -m benchmark=$b method=adapters method.task_inference=entropy $o hydra.sweep.dir=$d/inferred
+    clrun-report $d/task_il $d/task_il_lora $d/inferred -o $d
+  done
+  python scripts/reproduce/collect_comparison.py adapters $r results/mnist/adapters.csv
 fi

@@ -1,0 +1,74 @@
+"""The comparison tables of docs/results.md from the runs of `mnist.sh fisher_forms` and `mnist.sh adapters`:
+one row per benchmark, method and lam (mean ± std over the seeds' metrics.csv), and a column that marks the lam
+each Fisher form prefers (best mean ACC).
+
+    python scripts/reproduce/collect_comparison.py fisher_forms outputs/readme/fisher_forms results/mnist/fisher_forms.csv
+    python scripts/reproduce/collect_comparison.py adapters outputs/readme/adapters results/mnist/adapters.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from clrun import io
+
+
+def runs(root: Path) -> pd.DataFrame:
+    rows = [io.read_metrics(p.parent) for p in sorted(root.rglob("metrics.csv"))]
+    frame = pd.DataFrame([r for r in rows if r and r.get("status") == "completed"])
+    frame["lam"] = pd.to_numeric(frame.get("lam"), errors="coerce")
+    return frame
+
+
+def pm(values: pd.Series, digits: int) -> str:
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else f"{values.mean():.{digits}f}"
+
+
+def fisher_forms(frame: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (bench, scenario, method, lam), g in frame.groupby(["benchmark", "scenario", "method", "lam"], dropna=False):
+        out.append({"benchmark": bench, "scenario": scenario, "method": method,
+                    "lam": "–" if pd.isna(lam) else f"{lam:g}", "seeds": len(g), "ACC": pm(g.ACC, 4),
+                    "forgetting": pm(g.forgetting, 4), "acc_mean": g.ACC.mean(),
+                    "train s": f"{g.train_seconds.mean():.0f}",
+                    "importance MB": "–" if "importance_bytes" not in g or g.importance_bytes.isna().all()
+                    else f"{g.importance_bytes.mean() / 2**20:.1f}"})
+    table = pd.DataFrame(out)
+    best = table.loc[table.groupby(["benchmark", "method"]).acc_mean.idxmax()].index
+    table["preferred lam"] = ["◀" if i in best and table.lam[i] != "–" else "" for i in table.index]
+    return table.drop(columns="acc_mean")
+
+
+def adapters(frame: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (bench, scenario, method), g in frame.groupby(["benchmark", "scenario", "method"]):
+        added = g.get("adapter_parameters_per_task")
+        head = g.get("head_parameters_per_task")
+        per_task = "–" if added is None or added.isna().all() else f"{int(added.mean() + head.mean()):,}"
+        inferred = g.get("task_inference_acc")
+        out.append({"benchmark": bench, "scenario": scenario, "method": method, "seeds": len(g),
+                    "ACC": pm(g.ACC, 4), "forgetting": pm(g.forgetting, 4),
+                    "parameters": f"{int(g.parameters.mean()):,}", "added per task": per_task,
+                    "task inferred": "(given)" if scenario == "task_il" or inferred is None or inferred.isna().all()
+                    else f"{100 * inferred.mean():.1f}%",
+                    "train s": f"{g.train_seconds.mean():.0f}"})
+    return pd.DataFrame(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("table", choices=["fisher_forms", "adapters"])
+    ap.add_argument("root", type=Path)
+    ap.add_argument("out", type=Path)
+    args = ap.parse_args()
+    frame = runs(args.root)
+    table = fisher_forms(frame) if args.table == "fisher_forms" else adapters(frame)
+    table.to_csv(args.out, index=False)
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
