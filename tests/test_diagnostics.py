@@ -230,3 +230,20 @@ def test_lowrank_implicit_step_shrinks_each_eigen_component_exactly():
     lr = L.optimizer.param_groups[0]["lr"]
     assert torch.allclose(after, before / (1 + lr * ewc.lam * evals), rtol=1e-4, atol=1e-6)
     assert (lr * ewc.lam * evals[0]) > 2  # a stiffness at which the explicit gradient step would overshoot
+
+
+def test_lowrank_implicit_steps_of_many_tasks_sharing_a_direction_never_overshoot_the_anchor():
+    # ten tasks whose bases share one stiff direction (as permuted tasks share the output layer's): the steps are
+    # taken one task after the other, so the component shrinks by 1 / (1 + c l) ten times; summed from the same
+    # point it would move by 10 x c l / (1 + c l), about 10 times its size, past the anchor, and grow every step
+    ewc, L = _tiny_ewc("lowrank", rank=3, lam=50.0, step="implicit")
+    evals, vecs, anchor = ewc.eigen[0]
+    ewc.eigen = [(evals, vecs, anchor)] * 10
+    with torch.no_grad():
+        for p in L.model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    before = vecs.T @ (ewc._theta() - anchor)
+    ewc.after_step(Step(None, None, None))
+    after = vecs.T @ (ewc._theta() - anchor)
+    c = L.optimizer.param_groups[0]["lr"] * ewc.lam
+    torch.testing.assert_close(after, before / (1 + c * evals) ** 10, rtol=1e-3, atol=1e-6)

@@ -10,9 +10,10 @@ The eigenbasis concentrates the curvature: along v_1 the penalty's curvature is 
 diagonal entry, and an explicit gradient step overshoots once lr * lam * l_1 > 2. ``lowrank_step=implicit``
 (default) therefore applies the low-rank part as its proximal step after each optimiser step: the component
 c_i = v_i . d shrinks to c_i / (1 + lr * lam * l_i), the backward-Euler step of the same quadratic (equal to
-the gradient step to first order in lr, stable for every lam); that is the proximal step of plain SGD, so
-``implicit`` needs optimizer=sgd without momentum or weight decay. ``explicit`` adds lam V (l * V^T d) to the
-gradients instead, with any optimiser.
+the gradient step to first order in lr, stable for every lam), taken for one task's basis after the other (a
+sequential splitting: summed from the same point, tasks whose bases share a direction would overshoot). It is
+plain SGD's proximal step, so ``implicit`` needs optimizer=sgd without momentum or weight decay. ``explicit``
+adds lam V (l * V^T d) to the gradients instead, with any optimiser.
 
 ``fisher_form=kfac``: per Linear layer the Fisher block over W' = [W, b] is A (x) G (clrun.importance.kfac_factors:
 A from the layer's inputs, G from the gradients at its outputs; Ritter et al. 2018, van de Ven's ``--fisher-kfac``),
@@ -233,10 +234,15 @@ class EWC(QuadraticPenalty):
         if not self.eigen or self.lam == 0 or self.lowrank_step != "implicit":
             return
         c = self.ctx.plain_sgd_lr() * self.lam * step.scale
-        # one proximal step per task's eigenbasis: each component shrinks by 1 / (1 + lr lam l_i)
-        shrink = self._lowrank_direction(self._theta(), lambda ev: c * ev / (1 + c * ev))
+        # one proximal step per task's eigenbasis, each from where the previous left theta: each component shrinks
+        # by 1 / (1 + lr lam l_i). Summing the tasks' steps taken from the same theta instead overshoots wherever
+        # their bases share a stiff direction (k tasks move it k times): unstable from a few tasks on.
+        theta = self._theta()
+        start = theta.clone()
+        for evals, vecs, anchor in self.eigen:
+            theta -= vecs @ (c * evals / (1 + c * evals) * (vecs.T @ (theta - anchor)))
         with torch.no_grad():
-            self._add_to(self.ctx.trainable_parameters(), shrink, -1.0)
+            self._add_to(self.ctx.trainable_parameters(), theta - start, 1.0)
 
     def extra_metrics(self) -> dict:
         row = super().extra_metrics()

@@ -2,7 +2,8 @@
 one row per benchmark, method and lam (mean ± std over the seeds' metrics.csv), and a column that marks the lam
 each Fisher form prefers (best mean ACC).
 
-    python scripts/reproduce/collect_comparison.py fisher_forms outputs/readme/fisher_forms results/mnist/fisher_forms.csv
+    python scripts/reproduce/collect_comparison.py fisher_forms outputs/readme/fisher_forms \
+        results/mnist/fisher_forms.csv
     python scripts/reproduce/collect_comparison.py adapters outputs/readme/adapters results/mnist/adapters.csv
 """
 
@@ -18,18 +19,34 @@ from clrun import io
 
 def runs(root: Path) -> pd.DataFrame:
     rows = [io.read_metrics(p.parent) for p in sorted(root.rglob("metrics.csv"))]
-    frame = pd.DataFrame([r for r in rows if r and r.get("status") == "completed"])
+    frame = pd.DataFrame([r for r in rows if r and r.get("status") in ("completed", "diverged")])
     frame["lam"] = pd.to_numeric(frame.get("lam"), errors="coerce")
     return frame
 
 
+def diverged(g: pd.DataFrame) -> str | None:
+    """``diverged in task 5 (3 of 3 seeds)`` when no seed of a setting completed, else None."""
+    if (g.status == "completed").any():
+        return None
+    return f"diverged in task {int(g.tasks_done.max()) + 1} ({len(g)} of {len(g)} seeds)"
+
+
 def pm(values: pd.Series, digits: int) -> str:
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else f"{values.mean():.{digits}f}"
+    if len(values) == 1:
+        return f"{values.mean():.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def fisher_forms(frame: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (bench, scenario, method, lam), g in frame.groupby(["benchmark", "scenario", "method", "lam"], dropna=False):
+        stopped = diverged(g)
+        g = g[g.status == "completed"]
+        if stopped:
+            out.append({"benchmark": bench, "scenario": scenario, "method": method, "lam": f"{lam:g}",
+                        "seeds": 0, "ACC": stopped, "forgetting": "–", "acc_mean": float("nan"), "train s": "–",
+                        "importance MB": "–"})
+            continue
         out.append({"benchmark": bench, "scenario": scenario, "method": method,
                     "lam": "–" if pd.isna(lam) else f"{lam:g}", "seeds": len(g), "ACC": pm(g.ACC, 4),
                     "forgetting": pm(g.forgetting, 4), "acc_mean": g.ACC.mean(),
@@ -37,7 +54,7 @@ def fisher_forms(frame: pd.DataFrame) -> pd.DataFrame:
                     "importance MB": "–" if "importance_bytes" not in g or g.importance_bytes.isna().all()
                     else f"{g.importance_bytes.mean() / 2**20:.1f}"})
     table = pd.DataFrame(out)
-    best = table.loc[table.groupby(["benchmark", "method"]).acc_mean.idxmax()].index
+    best = table.loc[table.dropna(subset=["acc_mean"]).groupby(["benchmark", "method"]).acc_mean.idxmax()].index
     table["preferred lam"] = ["◀" if i in best and table.lam[i] != "–" else "" for i in table.index]
     return table.drop(columns="acc_mean")
 
@@ -45,6 +62,7 @@ def fisher_forms(frame: pd.DataFrame) -> pd.DataFrame:
 def adapters(frame: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (bench, scenario, method), g in frame.groupby(["benchmark", "scenario", "method"]):
+        g = g[g.status == "completed"]
         added = g.get("adapter_parameters_per_task")
         head = g.get("head_parameters_per_task")
         per_task = "–" if added is None or added.isna().all() else f"{int(added.mean() + head.mean()):,}"
