@@ -1,10 +1,13 @@
-"""The comparison tables of docs/results.md from the runs of `mnist.sh fisher_forms` and `mnist.sh adapters`:
-one row per benchmark, method and lam (mean ± std over the seeds' metrics.csv), and a column that marks the lam
-each Fisher form prefers (best mean ACC).
+"""The comparison tables of docs/results.md and docs/diagnostics.md from the runs of `mnist.sh fisher_forms`,
+`mnist.sh adapters` and `mnist.sh diagnostics`: one row per benchmark, method and lam (mean ± std over the
+seeds' metrics.csv), with a column that marks the lam each Fisher form prefers (best mean ACC); or, for the
+diagnostics sweep, diagonal and low-rank EWC side by side per lam.
 
     python scripts/reproduce/collect_comparison.py fisher_forms outputs/readme/fisher_forms \
         results/mnist/fisher_forms.csv
     python scripts/reproduce/collect_comparison.py adapters outputs/readme/adapters results/mnist/adapters.csv
+    python scripts/reproduce/collect_comparison.py lowrank_vs_diagonal outputs/readme/diagnostics/lowrank_vs_diagonal \
+        results/diagnostics/lowrank_vs_diagonal.csv
 """
 
 from __future__ import annotations
@@ -76,14 +79,34 @@ def adapters(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def lowrank_vs_diagonal(frame: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for lam, g in frame.groupby("lam"):
+        cells = {}
+        for form, method in (("diagonal", "ewc"), ("low-rank", "ewc_lowrank")):
+            run = g[g.method == method]
+            done = run[run.status == "completed"]
+            if done.empty:
+                cells[form] = (f"diverged in task {int(run.tasks_done.max()) + 1}" if len(run) else "–", "–", "–", "–")
+            else:
+                cells[form] = (f"{done.ACC.mean():.4f}", f"{done.forgetting.mean():.4f}",
+                               f"{done.train_seconds.mean():.1f}", f"{done.importance_bytes.mean() / 1e6:.0f} MB")
+        d, r = cells["diagonal"], cells["low-rank"]
+        out.append({"lam": f"{lam:g}", "diagonal ACC": d[0], "diagonal forgetting": d[1], "low-rank ACC": r[0],
+                    "low-rank forgetting": r[1], "diagonal / low-rank train s": f"{d[2]} / {r[2]}",
+                    "diagonal / low-rank memory": f"{d[3]} / {r[3]}"})
+    return pd.DataFrame(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("table", choices=["fisher_forms", "adapters"])
+    ap.add_argument("table", choices=["fisher_forms", "adapters", "lowrank_vs_diagonal"])
     ap.add_argument("root", type=Path)
     ap.add_argument("out", type=Path)
     args = ap.parse_args()
     frame = runs(args.root)
-    table = fisher_forms(frame) if args.table == "fisher_forms" else adapters(frame)
+    tables = {"fisher_forms": fisher_forms, "adapters": adapters, "lowrank_vs_diagonal": lowrank_vs_diagonal}
+    table = tables[args.table](frame)
     table.to_csv(args.out, index=False)
     print(table.to_string(index=False))
 
