@@ -205,7 +205,7 @@ def test_top_mask_keeps_exactly_the_largest_fraction_even_with_ties():
 @pytest.mark.parametrize("kind", ["bottleneck", "lora"])
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_a_new_adapter_starts_as_the_trunk_and_adds_the_stated_parameters(kind, model):
-    s = split(dataset="synthetic", n_tasks=3, side=8, n_train=20, n_test=10)
+    s = split(dataset="synthetic", n_tasks=5, side=8, n_train=20, n_test=10)
     sc = Scenario("task_il", s)
     torch.manual_seed(0)
     net = (MLP((1, 8, 8), sc.n_outputs, hidden=[12, 10]) if model == "mlp"
@@ -215,7 +215,8 @@ def test_a_new_adapter_starts_as_the_trunk_and_adds_the_stated_parameters(kind, 
     L.train_task(0)
     x = s.tasks[0].eval_x
     with torch.no_grad():
-        bare = L.model.head(L.model.features(x))  # the trunk and task 0's head, no adapter
+        L.model.head.active = 1
+        bare = L.model.head(L.model.features(x))  # the trunk and task 1's head, no adapter
         assert torch.allclose(ad.forward(x, 1), bare, atol=1e-6)  # task 1's untrained adapters: the identity
         for p in L.model.task_adapters[1].parameters():
             p.add_(0.1)
@@ -227,7 +228,8 @@ def test_a_new_adapter_starts_as_the_trunk_and_adds_the_stated_parameters(kind, 
     else:  # A: r x (fan-in), B: out x r
         expected = sum(2 * (m.weight[0].numel() + m.weight.shape[0]) for m in layers)
     row = ad.extra_metrics()
-    head = sum(p.numel() for p in L.model.head.parameters())
+    head = (L.model.features(x).shape[1] + 1) * 2  # the last task's own two units
+    assert len(L.model.head.heads) == 5 and L.model.head.heads[4].out_features == 2
     assert row["adapter_parameters_per_task"] == expected and row["head_parameters_per_task"] == head
     assert row["added_bytes_per_task"] == 4 * (expected + head)
     assert len(L.model.task_adapters[0]) == 0  # task 0 is the trunk itself
@@ -242,19 +244,20 @@ class _NormNet(Backbone):
 
 
 def test_the_frozen_trunk_keeps_its_weights_and_batch_norm_statistics():
-    s = split(dataset="synthetic", n_tasks=3, side=4, n_train=30, n_test=10)
+    s = split(dataset="synthetic", n_tasks=5, side=4, n_train=30, n_test=10)
     sc = Scenario("task_il", s)
     torch.manual_seed(0)
     L = Learner(_NormNet((1, 4, 4), sc.n_outputs), s, sc, Adapters(rank=3), batch_size=8,
                 optimizer_factory=lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3))
     L.train_task(0)
     trunk = {k: v.clone() for k, v in L.model.features.state_dict().items()}
-    head0 = L.model.task_heads[0].weight.clone()
+    heads = L.model.head.heads
+    head0, head1 = heads[0].weight.clone(), heads[1].weight.clone()
     L.train_task(1, epochs=2)
     after = L.model.features.state_dict()
     assert all(torch.equal(trunk[k], after[k]) for k in trunk)  # running mean and var included
-    assert torch.equal(L.model.task_heads[0].weight, head0)
-    assert not torch.equal(L.model.task_heads[1].weight, head0)  # task 1 learnt its own head
+    assert torch.equal(heads[0].weight, head0)
+    assert not torch.equal(heads[1].weight, head1)  # task 1 learnt its own head
 
 
 def test_a_trunk_from_an_earlier_run_is_loaded_frozen_and_every_task_gets_adapters(tmp_path):

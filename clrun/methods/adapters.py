@@ -1,6 +1,7 @@
 """Per-task adapters on a frozen trunk: the trunk (the model's ``features``) is trained on the first task, or
 loaded from a checkpoint (``trunk=PATH``), and then frozen; every later task trains only a small adapter in
-each of the trunk's Linear and Conv2d layers and its own copy of the head.
+each of the trunk's Linear and Conv2d layers and its own head over its own output units (the model's head is
+replaced by these per-task heads, each initialised as the model's head rows of its units).
 
 - ``kind=bottleneck`` (Houlsby et al. 2019): a residual bottleneck on each layer's output,
   z + up(relu(down(z))), down C -> rank, up rank -> C, ``up`` zero so a new adapter starts as the identity.
@@ -16,7 +17,6 @@ domain-IL, over its own task's units in class-IL, which then answers among them.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -93,6 +93,33 @@ def load_trunk(path: str) -> dict[str, Tensor]:
     return trunk
 
 
+class TaskHeads(nn.Module):
+    """One Linear per task over that task's own output units; the forward answers for ``active`` (set by the
+    method), its units' logits in place and every other unit at a huge negative, as the scenario masks them."""
+
+    def __init__(self, head: nn.Linear, task_units: Tensor):
+        super().__init__()
+        self.n_outputs = head.out_features
+        self.units = [u.nonzero().squeeze(1) for u in task_units.cpu()]
+        self.heads = nn.ModuleList()
+        for units in self.units:
+            task_head = nn.Linear(head.in_features, len(units), bias=head.bias is not None)
+            with torch.no_grad():  # the model's own initial rows for the task's units
+                task_head.weight.copy_(head.weight[units])
+                if head.bias is not None:
+                    task_head.bias.copy_(head.bias[units])
+            self.heads.append(task_head)
+        self.active = 0
+
+    def forward(self, features: Tensor) -> Tensor:
+        units = self.units[self.active]
+        out = self.heads[self.active](features)
+        if len(units) == self.n_outputs:  # domain-IL: every task answers on all units
+            return out
+        full = out.new_full((len(features), self.n_outputs), torch.finfo(out.dtype).min / 2)
+        return full.index_copy(1, units.to(out.device), out)
+
+
 class Adapters(Method):
     def __init__(self, kind: str = "bottleneck", rank: int = 16, alpha: float = 16.0, trunk: str | None = None,
                  task_inference: str = "given", inference_batch: int = 128):
@@ -140,8 +167,7 @@ class Adapters(Method):
                 nn.ModuleDict() if t < self.first_adapted else
                 nn.ModuleDict({n.replace(".", "_"): self._adapter(modules[n]) for n in self.layer_names})
                 for t in range(T))
-        # each task's head starts as the model's (task 0's is the model's own)
-        model.task_heads = nn.ModuleList([model.head, *(copy.deepcopy(model.head) for _ in range(T - 1))])
+        model.head = TaskHeads(model.head, self.ctx.scenario.task_units)
         model.to(self.ctx.device)
         self.norms = [m for m in model.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         for n in self.layer_names:
@@ -171,10 +197,10 @@ class Adapters(Method):
     def before_task(self, task_id: int) -> None:
         model = self.ctx.model
         self._freeze_all()
-        if task_id >= self.first_adapted and task_id > 0 and task_id - 1 in self.learnt:
-            # a new task's head starts from the last learnt one (domain-IL: the same classes)
-            model.task_heads[task_id].load_state_dict(model.task_heads[task_id - 1].state_dict())
-        trainable = [*model.task_adapters[task_id].parameters(), *model.task_heads[task_id].parameters()]
+        heads = model.head.heads
+        if self.ctx.scenario.name == "domain_il" and task_id > 0 and task_id - 1 in self.learnt:
+            heads[task_id].load_state_dict(heads[task_id - 1].state_dict())  # the same classes: start from the last
+        trainable = [*model.task_adapters[task_id].parameters(), *heads[task_id].parameters()]
         if not self.trunk_frozen():
             trainable += list(model.features.parameters())
         for p in trainable:
@@ -190,9 +216,9 @@ class Adapters(Method):
         if self.trunk_frozen() and model.training:
             for m in self.norms:  # a frozen trunk's batch-norm statistics stay as they were learnt
                 m.eval()
-        self.active = task_id
+        self.active = model.head.active = task_id
         try:
-            return model.task_heads[task_id](model.features(x))
+            return model.head(model.features(x))
         finally:
             self.active = None
 
@@ -226,11 +252,11 @@ class Adapters(Method):
         model = self.ctx.model
         last = len(self.ctx.stream) - 1
         per_task = sum(p.numel() for p in model.task_adapters[last].parameters())
-        head = sum(p.numel() for p in model.task_heads[last].parameters())
+        head = sum(p.numel() for p in model.head.heads[last].parameters())
         trunk = sum(p.numel() for p in model.features.parameters())
         row = {"adapter_parameters_per_task": per_task, "head_parameters_per_task": head,
                "added_bytes_per_task": 4 * (per_task + head), "trunk_parameters": trunk,
-               "added_fraction_per_task": (per_task + head) / max(1, trunk + head)}
+               "added_fraction_per_task": (per_task + head) / max(1, trunk)}
         if self.task_inference != "given":
             row["task_inference_acc"] = self.inference_hits / max(1, self.inference_total)
         return row

@@ -44,6 +44,7 @@ def fisher_forms(frame: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (bench, scenario, method, lam), g in frame.groupby(["benchmark", "scenario", "method", "lam"], dropna=False):
         stopped = diverged(g)
+        n_diverged = int((g.status == "diverged").sum())
         g = g[g.status == "completed"]
         if stopped:
             out.append({"benchmark": bench, "scenario": scenario, "method": method, "lam": f"{lam:g}",
@@ -51,7 +52,8 @@ def fisher_forms(frame: pd.DataFrame) -> pd.DataFrame:
                         "importance MB": "–"})
             continue
         out.append({"benchmark": bench, "scenario": scenario, "method": method,
-                    "lam": "–" if pd.isna(lam) else f"{lam:g}", "seeds": len(g), "ACC": pm(g.ACC, 4),
+                    "lam": "–" if pd.isna(lam) else f"{lam:g}",
+                    "seeds": f"{len(g)} ({n_diverged} diverged)" if n_diverged else len(g), "ACC": pm(g.ACC, 4),
                     "forgetting": pm(g.forgetting, 4), "acc_mean": g.ACC.mean(),
                     "train s": f"{g.train_seconds.mean():.0f}",
                     "importance MB": "–" if "importance_bytes" not in g or g.importance_bytes.isna().all()
