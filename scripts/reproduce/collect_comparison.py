@@ -16,13 +16,19 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from clrun import io
 
 
 def runs(root: Path) -> pd.DataFrame:
-    rows = [io.read_metrics(p.parent) for p in sorted(root.rglob("metrics.csv"))]
-    frame = pd.DataFrame([r for r in rows if r and r.get("status") in ("completed", "diverged")])
+    rows = []
+    for path in sorted(root.rglob("metrics.csv")):
+        row = io.read_metrics(path.parent)
+        if row and row.get("status") in ("completed", "diverged"):
+            row["lr"] = OmegaConf.load(path.parent / "config.yaml").lr  # metrics.csv does not carry it
+            rows.append(row)
+    frame = pd.DataFrame(rows)
     frame["lam"] = pd.to_numeric(frame.get("lam"), errors="coerce")
     return frame
 
@@ -66,13 +72,13 @@ def fisher_forms(frame: pd.DataFrame) -> pd.DataFrame:
 
 def adapters(frame: pd.DataFrame) -> pd.DataFrame:
     out = []
-    for (bench, scenario, method), g in frame.groupby(["benchmark", "scenario", "method"]):
+    for (bench, scenario, method, lr), g in frame.groupby(["benchmark", "scenario", "method", "lr"]):
         g = g[g.status == "completed"]
         added = g.get("adapter_parameters_per_task")
         head = g.get("head_parameters_per_task")
         per_task = "–" if added is None or added.isna().all() else f"{int(added.mean() + head.mean()):,}"
         inferred = g.get("task_inference_acc")
-        out.append({"benchmark": bench, "scenario": scenario, "method": method, "seeds": len(g),
+        out.append({"benchmark": bench, "scenario": scenario, "method": method, "lr": f"{lr:g}", "seeds": len(g),
                     "ACC": pm(g.ACC, 4), "forgetting": pm(g.forgetting, 4),
                     "parameters": f"{int(g.parameters.mean()):,}", "added per task": per_task,
                     "task inferred": "(given)" if scenario == "task_il" or inferred is None or inferred.isna().all()
