@@ -354,6 +354,7 @@ if [[ $what == all || $what == fisher_forms ]]; then
     # the diagonal merged the same way (one Fisher summed over tasks, the latest anchor): K-FAC's like for like
     clrun -m benchmark=$b method=online_ewc method.gamma=1 lam=1,10,100 $o hydra.sweep.dir=$d/diagonal_merged || true
     clrun-report $d/naive $d/diagonal $d/lowrank $d/kfac $d/diagonal_merged -o $d
+    clrun-select $d/diagonal $d/lowrank $d/kfac $d/diagonal_merged --max-forgetting 1 -o $d  # each form's best lam
   done
   python scripts/reproduce/collect_comparison.py fisher_forms $r results/mnist/fisher_forms.csv
 fi
