@@ -142,7 +142,7 @@ def test_dynamic_methods_refuse_scenarios_without_task_ids(tmp_path, method):
         run(make_cfg(*FAST, f"method={method}", "scenario=class_il"), tmp_path)
 
 
-@pytest.mark.parametrize("method", ["pnn", "packnet", "supsup", "adapters"])
+@pytest.mark.parametrize("method", ["pnn", "packnet", "supsup"])  # adapters: the trunk test below
 def test_dynamic_methods_run_end_to_end_with_zero_forgetting(tmp_path, method):
     row = run(make_cfg(*FAST, f"method={method}", "scenario=task_il", "epochs=3"), tmp_path)
     assert row["status"] == "completed" and row["forgetting"] == pytest.approx(0.0, abs=1e-9)
@@ -284,11 +284,10 @@ def test_a_trunk_from_an_earlier_run_is_loaded_frozen_and_every_task_gets_adapte
         assert not (tmp_path / refused).exists() or not any((tmp_path / refused).iterdir())
 
 
-@pytest.mark.parametrize("kind", ["bottleneck", "lora"])
-def test_adapters_infer_the_task_by_entropy_without_task_ids(tmp_path, kind):
+def test_adapters_infer_the_task_by_entropy_without_task_ids(tmp_path):
     # domain-IL permuted stream: the task is the permutation, which the labels do not tell; chance is 1/4
-    row = run(make_cfg(*PERMUTED_SYNTHETIC, "method=adapters", f"method.kind={kind}",
-                       "method.task_inference=entropy"), tmp_path)
+    row = run(make_cfg(*PERMUTED_SYNTHETIC, "method=adapters", "method.kind=lora", "method.task_inference=entropy"),
+              tmp_path)
     assert row["task_inference_acc"] >= 0.9 and row["ACC"] >= 0.9
 
 
