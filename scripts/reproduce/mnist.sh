@@ -373,7 +373,8 @@ if [[ $what == all || $what == adapters ]]; then
     clrun -m benchmark=$b scenario=task_il method=naive,adapters,pnn,packnet,supsup lr=0.1 $o \
       hydra.sweep.dir=$d/task_il_lr0.1
     clrun -m benchmark=$b scenario=task_il method=adapters method.kind=lora lr=0.1 $o hydra.sweep.dir=$d/task_il_lora_lr0.1
-    clrun-report $d/task_il $d/task_il_lora $d/inferred $d/task_il_lr0.1 $d/task_il_lora_lr0.1 -o $d
+    clrun -m benchmark=$b method=adapters method.task_inference=entropy lr=0.1 $o hydra.sweep.dir=$d/inferred_lr0.1
+    clrun-report $d/task_il $d/task_il_lora $d/inferred $d/task_il_lr0.1 $d/task_il_lora_lr0.1 $d/inferred_lr0.1 -o $d
   done
   python scripts/reproduce/collect_comparison.py adapters $r results/mnist/adapters.csv
 fi
