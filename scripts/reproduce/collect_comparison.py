@@ -78,9 +78,19 @@ def adapters(frame: pd.DataFrame) -> pd.DataFrame:
         head = g.get("head_parameters_per_task")
         per_task = "–" if added is None or added.isna().all() else f"{int(added.mean() + head.mean()):,}"
         inferred = g.get("task_inference_acc")
+        # what a task adds to what is stored: its adapters and head rows, a PNN column (on average), a SupSup mask
+        if per_task != "–":
+            stored = g.added_bytes_per_task.mean()
+        elif method == "pnn":
+            stored = 4 * g.parameters.mean() / g.n_tasks.mean()
+        elif method == "supsup":
+            stored = g.mask_bits_per_task.mean() / 8
+        else:
+            stored = None
         out.append({"benchmark": bench, "scenario": scenario, "method": method, "lr": f"{lr:g}", "seeds": len(g),
                     "ACC": pm(g.ACC, 4), "forgetting": pm(g.forgetting, 4),
                     "parameters": f"{int(g.parameters.mean()):,}", "added per task": per_task,
+                    "stored per task": "–" if stored is None else f"{stored / 1024:,.0f} KB",
                     "task inferred": "(given)" if scenario == "task_il" or inferred is None or inferred.isna().all()
                     else f"{100 * inferred.mean():.1f}%",
                     "train s": f"{g.train_seconds.mean():.0f}"})
