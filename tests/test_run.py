@@ -295,7 +295,7 @@ def test_clrun_help_is_clruns_own(tmp_path):
     out = subprocess.run(clrun_cmd("--help"), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     assert out.stdout.startswith("clrun: continual-learning experiments.")
-    assert "method: agem, der, derpp, dgr, dgr_distill, er, ewc" in out.stdout
+    assert "method: adapters, agem, der, derpp, dgr, dgr_distill, er, ewc" in out.stdout
     assert "scenario: class_il, domain_il, task_il" in out.stdout
     assert out.stdout.count("\n  clrun ") == 6  # six example commands, a paper preset among them
     assert "paper/der2020: common, perm_mnist, perm_mnist_buffer" in out.stdout
