@@ -134,7 +134,6 @@ class Adapters(Method):
         self.task_inference = task_inference
         self.inference_batch = int(inference_batch)
         self.scenarios = ("task_il",) if task_inference == "given" else ("domain_il", "class_il")
-        self.active: int | None = None  # the task whose adapters the trunk's layers apply (None: the bare trunk)
         self.learnt: list[int] = []
         self.inference_hits = 0  # evaluation groups whose task was inferred right (true task already learnt)
         self.inference_total = 0
@@ -182,9 +181,10 @@ class Adapters(Method):
 
     def _hook(self, key: str):
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
-            if self.active is None or self.active < self.first_adapted:
+            active = self.ctx.model.head.active
+            if active < self.first_adapted:
                 return None
-            return self.ctx.model.task_adapters[self.active][key](inputs[0], out)
+            return self.ctx.model.task_adapters[active][key](inputs[0], out)
         return hook
 
     def _freeze_all(self) -> None:
@@ -216,11 +216,8 @@ class Adapters(Method):
         if self.trunk_frozen() and model.training:
             for m in self.norms:  # a frozen trunk's batch-norm statistics stay as they were learnt
                 m.eval()
-        self.active = model.head.active = task_id
-        try:
-            return model.head(model.features(x))
-        finally:
-            self.active = None
+        model.head.active = task_id  # the task whose adapters the trunk's hooks apply and whose head answers
+        return model.head(model.features(x))
 
     def predict(self, x: Tensor, task_id: int, upto: int) -> Tensor:
         if self.task_inference == "given":

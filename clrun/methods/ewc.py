@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -151,45 +150,47 @@ class EWC(QuadraticPenalty):
                         "overshoots the anchor along it and the run may diverge; lam <= %.3g keeps it stable, or "
                         "lower lr", self.name, name, lr * self.lam * curvature, bound, bound / (lr * curvature))
 
-    def kfac_value(self) -> Tensor:
-        """(lam/2) sum over tasks and layers of tr(dW'^T G dW' A) = vec(dW')^T (A (x) G) vec(dW')."""
+    def _kfac_terms(self, detach: bool):
+        """(layer, dW', G dW' A) for every task's factors and layer: the pieces of the value and of its gradient."""
         model = self.ctx.model
-        total = torch.zeros((), device=self.ctx.device)
         for task in self.kfac:
             for name, (A, G, anchor) in task.items():
-                d = _augmented(model.get_submodule(name)) - anchor
-                total = total + (d * (G @ d @ A)).sum()
+                layer = model.get_submodule(name)
+                d = _augmented(layer) - anchor
+                if detach:
+                    d = d.detach()
+                yield layer, d, G @ d @ A
+
+    def kfac_value(self) -> Tensor:
+        """(lam/2) sum over tasks and layers of tr(dW'^T G dW' A) = vec(dW')^T (A (x) G) vec(dW')."""
+        total = torch.zeros((), device=self.ctx.device)
+        for _, d, grad in self._kfac_terms(detach=False):
+            total = total + (d * grad).sum()
         return 0.5 * self.lam * total
 
     def _add_kfac_gradient(self, scale: float) -> Tensor:
         """Add lam x scale x G dW' A (the gradient of :meth:`kfac_value`) to each layer's weight and bias
         gradients; return the value. Two matmuls a layer and task, a third of what autograd's backward costs."""
-        model = self.ctx.model
         total = torch.zeros((), device=self.ctx.device)
-        for task in self.kfac:
-            for name, (A, G, anchor) in task.items():
-                layer = model.get_submodule(name)
-                d = _augmented(layer).detach() - anchor
-                grad = G @ d @ A
-                total += (d * grad).sum()
-                for p, g in ((layer.weight, grad[:, : layer.in_features]),
-                             (layer.bias, grad[:, layer.in_features :].squeeze(1))):
-                    if p is None or not p.requires_grad:
-                        continue
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    p.grad.add_(g, alpha=self.lam * scale)
+        for layer, d, grad in self._kfac_terms(detach=True):
+            total += (d * grad).sum()
+            for p, g in ((layer.weight, grad[:, : layer.in_features]),
+                         (layer.bias, grad[:, layer.in_features :].squeeze(1))):
+                if p is None or not p.requires_grad:
+                    continue
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.add_(g, alpha=self.lam * scale)
         return 0.5 * self.lam * total
 
     def _theta(self) -> Tensor:
         return parameters_to_vector(self.ctx.trainable_parameters()).detach()
 
-    def _lowrank_direction(self, theta: Tensor, scale: Callable[[Tensor], Tensor]) -> Tensor:
-        """sum over tasks of V (scale(l) * V^T (theta - theta*)): the gradient direction (scale = identity) or
-        the proximal step (scale = shrink factors) of the low-rank term."""
+    def _lowrank_gradient(self, theta: Tensor) -> Tensor:
+        """sum over tasks of V (l * V^T (theta - theta*)): the low-rank term's gradient over lam."""
         out = torch.zeros_like(theta)
         for evals, vecs, anchor in self.eigen:
-            out += vecs @ (scale(evals) * (vecs.T @ (theta - anchor)))
+            out += vecs @ (evals * (vecs.T @ (theta - anchor)))
         return out
 
     def _add_to(self, tensors: list[Tensor], flat: Tensor, alpha: float) -> None:
@@ -227,7 +228,7 @@ class EWC(QuadraticPenalty):
                 p.grad = torch.zeros_like(p)
         theta = self._theta()
         # d/dtheta (lam/2) sum_i l_i (v_i . d)^2 = lam V (l * V^T d)
-        self._add_to([p.grad for p in params], self._lowrank_direction(theta, lambda ev: ev), self.lam * scale)
+        self._add_to([p.grad for p in params], self._lowrank_gradient(theta), self.lam * scale)
         return self._lowrank_value(theta) + (value if value is not None else 0.0)
 
     def after_step(self, step) -> None:

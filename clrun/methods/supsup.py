@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.func import functional_call
 
+from clrun.methods.adapters import entropies
 from clrun.methods.base import Method, Step, require
 
 
@@ -32,7 +33,7 @@ def top_mask(scores: Tensor, keep: float) -> Tensor:
 
 def entropy(logits: Tensor) -> Tensor:
     """Mean Shannon entropy (nats) of the softmax of each row."""
-    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+    return entropies(logits).mean()
 
 
 class SupSup(Method):
