@@ -143,9 +143,13 @@ class ReplayBuffer:
         self._write(slots, x[nk], y[nk], task_ids[nk], None if logits is None else logits[nk], new_keys[new_keep])
         self.size = k_old + len(new_keep)
 
-    def sample(self, n: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """``n`` stored samples without replacement (all of them if fewer are stored)."""
-        idx = torch.randperm(self.size, generator=self.generator)[:n].to(self.device)
+    def sample(self, n: int, replace: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``n`` stored samples without replacement (all of them if fewer are stored); ``replace``: min(n, size)
+        independent uniform draws."""
+        if replace:
+            idx = torch.randint(self.size, (min(n, self.size),), generator=self.generator).to(self.device)
+        else:
+            idx = torch.randperm(self.size, generator=self.generator)[:n].to(self.device)
         logits = self.logits[idx] if self.logits is not None else None
         return self.x[idx], self.y[idx], self.task_ids[idx], logits
 

@@ -247,8 +247,8 @@ class Learner:
                 batch = Batch(x, y_all[idx], ids, task_id)
                 if self.on_nan == "skip":
                     snapshot = [p.detach().clone() for p in self.model.parameters()]
-                loss, logits = self.step(batch, phase)
-                if self.on_nan == "skip" and not bool(torch.isfinite(loss) & self._weights_finite()):
+                weighted, hits, n_rows = self._train_on(batch, phase)
+                if self.on_nan == "skip" and not bool(torch.isfinite(weighted) & self._weights_finite()):
                     with torch.no_grad():  # undo the step; its moments may hold NaN too
                         for p, old in zip(self.model.parameters(), snapshot):
                             p.copy_(old)
@@ -263,13 +263,10 @@ class Learner:
                 if phase == "train":
                     for o in self.observers:
                         o.after_step()
-                # accumulate on-device: no host sync per step
-                weighted = loss * len(idx)
-                hits = (self.scenario.masked(logits, ids, task_id).argmax(1) == batch.y).sum()
-                sums.add(weighted, hits, len(idx))
+                sums.add(weighted, hits, n_rows)  # accumulated on-device: no host sync per step
                 step += 1
                 if log_every:
-                    interval.add(weighted, hits, len(idx))
+                    interval.add(weighted, hits, n_rows)
                     if step % log_every == 0 and on_log_row:  # one host sync per log_every steps
                         on_log_row(interval.row(task_id, epoch, step))
                 if tick:
@@ -287,6 +284,21 @@ class Learner:
                            f"loss or weights, more than skip_limit={self.skip_limit:g} of them (on_nan=skip); "
                            "lower lr or lam")
         return rows
+
+    def _train_on(self, batch: Batch, phase: str) -> tuple[Tensor, Tensor, int]:
+        """One step on an incoming batch, or one per batch the primary's ``inner_batches`` yields; returns the
+        loss summed over the rows stepped on, their correct predictions and their number (the log's terms)."""
+        inner = self.method.inner_batches(batch)
+        weighted, hits, n_rows = None, None, 0
+        for b in [batch] if inner is None else inner:
+            loss, logits = self.step(b, phase)
+            w = loss * len(b.y)
+            h = (self.scenario.masked(logits, b.task_ids, b.task).argmax(1) == b.y).sum()
+            weighted, hits = (w, h) if weighted is None else (weighted + w, hits + h)
+            n_rows += len(b.y)
+        if weighted is None:  # nothing was yielded: no step taken
+            weighted, hits = torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long)
+        return weighted, hits, n_rows
 
     def _weights_finite(self) -> Tensor:
         """A 0-d bool tensor, on the device: no host sync until the caller reads it."""

@@ -42,6 +42,8 @@ def test_every_method_yaml_trains_through_the_one_step(tmp_path, method, scenari
                  "check_step=true", "checkpoint=false", "lam=0.5"]
     if stacked:
         overrides.append("+regularizers=[ewc,lwf]")
+    if method == "mer":  # a step per example and per memory draw: small batches keep the checked steps few
+        overrides.append("batch_size=4")
     cfg = make_cfg(*overrides)
     if scenario not in build(cfg.method).scenarios:
         with pytest.raises(ConfigError, match=f"does not support scenario={scenario}"):

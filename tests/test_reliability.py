@@ -54,7 +54,8 @@ def test_kill_9_in_task_3_then_resume_gives_the_uninterrupted_R(tmp_path):
     assert log.task.tolist() == pd.read_csv(full / "log.csv").task.tolist()
 
 
-@pytest.mark.parametrize("method", ["ewc", "er", "lwf", "si", "icarl", "dgr", "adapters method.task_inference=entropy"])
+@pytest.mark.parametrize("method", ["ewc", "er", "lwf", "si", "icarl", "dgr", "adapters method.task_inference=entropy",
+                                    "mer method.replay_batch_size=2 method.beta=0.5 benchmark.n_train=40"])
 def test_resume_restores_method_state(tmp_path, method):
     # stop after 2 of 4 tasks (iters cap), resume, compare with an uninterrupted run
     common = [*FAST, f"method={method}".split()[0], *method.split()[1:], "benchmark.n_tasks=5", "buffer=50", "lam=1"]

@@ -16,6 +16,8 @@ every regulariser R (the list M = [P, *R], in that order):
 7. ``m.after_step(step)`` for m in M (fill a replay memory, accumulate SI's path integral).
 
 The loss logged in log.csv is the loss whose gradient was applied (before step 5's transforms).
+``P.inner_batches(batch)`` may replace the one step on an incoming batch by steps on the batches it yields,
+each through steps 1-7 (MER's inner steps, with its Reptile interpolations between them).
 Lifecycle: ``setup()`` once before the untrained model is evaluated; ``before_task(t)`` / ``after_task(t)``
 around each task; ``training_set(t)`` is what the task trains on; evaluation calls ``P.predict``.
 A method reads and changes the run only through ``self.ctx`` (:class:`clrun.context.Context`).
@@ -24,6 +26,7 @@ A method reads and changes the run only through ``self.ctx`` (:class:`clrun.cont
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -106,6 +109,12 @@ class Method:
         task = ctx.stream.tasks[task_id]
         ids = torch.full_like(task.train_y, task_id)
         return task.train_x, ctx.scenario.targets(task.train_y, task_id), ids
+
+    def inner_batches(self, batch: Batch) -> Iterator[Batch] | None:
+        """The batches to step on for one incoming ``batch``, yielded one at a time (the code between two
+        yields runs after the learner's step on the first: MER's Reptile interpolations); None: one step on
+        ``batch`` itself."""
+        return None
 
     def replay(self, batch: Batch) -> Batch | None:
         """Samples to train on alongside ``batch``, in their task's view (one forward over both), or None."""
