@@ -79,8 +79,8 @@ class MER(ReplayMethod):
 
     def extra_metrics(self) -> dict:
         row = super().extra_metrics()
-        memory = self.replay_batch_size if self.variant == "riemer" else 1
-        row["steps_per_example"] = self.batches_per_example * (1 + memory)
+        per_batch = 1 + self.replay_batch_size if self.variant == "riemer" else 1  # optimiser steps per inner batch
+        row["steps_per_example"] = self.batches_per_example * per_batch
         return row
 
 

@@ -8,6 +8,7 @@ diagnostics sweep, diagonal and low-rank EWC side by side per lam.
     python scripts/reproduce/collect_comparison.py adapters outputs/readme/adapters results/mnist/adapters.csv
     python scripts/reproduce/collect_comparison.py lowrank_vs_diagonal outputs/readme/diagnostics/lowrank_vs_diagonal \
         results/diagnostics/lowrank_vs_diagonal.csv
+    python scripts/reproduce/collect_comparison.py mer SWEEP results/papers/der2020/mer_seq_mnist.csv
 """
 
 from __future__ import annotations
@@ -116,14 +117,28 @@ def lowrank_vs_diagonal(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def mer(frame: pd.DataFrame) -> pd.DataFrame:
+    """MER per buffer (and lr): ACC and forgetting in % as the paper tables print them, steps per example and the
+    minutes a run took."""
+    out = []
+    for (buffer, lr), g in frame.groupby(["buffer", "lr"]):
+        g = g[g.status == "completed"]
+        out.append({"method": g.method.iloc[0], "buffer": int(buffer), "lr": f"{lr:g}", "seeds": len(g),
+                    "ACC (%)": pm(100 * g.ACC, 2), "forgetting (%)": pm(100 * g.forgetting, 2),
+                    "steps per example": int(g.steps_per_example.iloc[0]),
+                    "minutes per run": f"{g.wall_seconds.mean() / 60:.1f}"})
+    return pd.DataFrame(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("table", choices=["fisher_forms", "adapters", "lowrank_vs_diagonal"])
+    ap.add_argument("table", choices=["fisher_forms", "adapters", "lowrank_vs_diagonal", "mer"])
     ap.add_argument("root", type=Path)
     ap.add_argument("out", type=Path)
     args = ap.parse_args()
     frame = runs(args.root)
-    tables = {"fisher_forms": fisher_forms, "adapters": adapters, "lowrank_vs_diagonal": lowrank_vs_diagonal}
+    tables = {"fisher_forms": fisher_forms, "adapters": adapters, "lowrank_vs_diagonal": lowrank_vs_diagonal,
+              "mer": mer}
     table = tables[args.table](frame)
     table.to_csv(args.out, index=False)
     print(table.to_string(index=False))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full-MNIST experiments behind the tables in docs/ (results/). Run from anywhere:
-#   CLRUN_DATA=DIR bash scripts/reproduce/mnist.sh [foundation|regularisation|defaults|replay|dynamic|diagnostics|papers|papers_checks|vandeven_seeds|vandeven_dgr|fisher_forms|adapters]
+#   CLRUN_DATA=DIR bash scripts/reproduce/mnist.sh [foundation|regularisation|defaults|replay|dynamic|diagnostics|papers|papers_checks|vandeven_seeds|vandeven_dgr|fisher_forms|adapters|mer]
 # Each section writes a sweep directory under outputs/readme/ with summary.csv and summary_by_config.csv.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -378,4 +378,12 @@ if [[ $what == all || $what == adapters ]]; then
     clrun-report $d/task_il $d/task_il_lora $d/inferred $d/task_il_lr0.1 $d/task_il_lora_lr0.1 $d/inferred_lr0.1 -o $d
   done
   python scripts/reproduce/collect_comparison.py adapters $r results/mnist/adapters.csv
+fi
+
+if [[ $what == all || $what == mer ]]; then
+  # MER on the DER paper's Seq-MNIST with mammoth's settings (batch 1, 128 memories a step), 3 seeds
+  d=$out/mer/der_seq_mnist
+  clrun -m paper=der2020/seq_mnist_buffer method=mer buffer=200,500,5120 seed=0,1,2 threads=1 quiet=true plots=false \
+    hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweep.dir=$d
+  python scripts/reproduce/collect_comparison.py mer $d results/papers/der2020/mer_seq_mnist.csv
 fi

@@ -1,6 +1,6 @@
 """Cost of each method relative to naive fine-tuning, and of the vectorised Fisher against a per-sample loop.
 
-    CLRUN_DATA=DIR python scripts/speed/methods.py [--reps 3] [--tasks 5] [--methods ewc,er]
+    CLRUN_DATA=DIR python scripts/speed/methods.py [--reps 3] [--tasks 5] [--methods ewc,er] [--iters N]
 
 Training time is clrun's ``train_seconds`` (the training loop, including the end-of-task work such as the
 Fisher or exemplar selection, excluding evaluation). Writes results/speed/methods.csv and
@@ -38,7 +38,10 @@ SCENARIO = {"icarl": "class_il", "pnn": "task_il", "packnet": "task_il", "supsup
 # variants of a method's YAML, timed under their own names; K-FAC at lam 1: at EWC's default 100 (and at 10) its
 # penalty passes plain SGD's stability limit on this stream by the third task (lr x lam x eig(A) x eig(G) > 2)
 VARIANTS = {"ewc_kfac": ["method=ewc", "method.fisher_form=kfac", "method.lam=1"],
-            "online_ewc_kfac": ["method=online_ewc", "method.fisher_form=kfac", "method.lam=1"]}
+            "online_ewc_kfac": ["method=online_ewc", "method.fisher_form=kfac", "method.lam=1"],
+            # MER steps through each incoming example: per example 1 + replay_batch_size steps (riemer), or one
+            # step on the memory batch and the example (mammoth)
+            "mer_mammoth": ["method=mer", "method.variant=mammoth"]}
 
 
 def cfg(*overrides: str):
@@ -46,7 +49,7 @@ def cfg(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def bench_training(reps: int, tasks: int, methods: list[str]) -> pd.DataFrame:
+def bench_training(reps: int, tasks: int, methods: list[str], iters: int | None = None) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as d:  # one-off costs (first optimiser, kernels) before any timing
         run(cfg("benchmark=synthetic", "quiet=true", "plots=false", "device=cpu", "method=ewc"), d)
     times: dict[str, list[float]] = {m: [] for m in methods}
@@ -56,7 +59,7 @@ def bench_training(reps: int, tasks: int, methods: list[str]) -> pd.DataFrame:
             with tempfile.TemporaryDirectory() as d:
                 scenario = SCENARIO.get(method, "domain_il")
                 last[method] = run(cfg(*VARIANTS.get(method, [f"method={method}"]), f"benchmark.n_tasks={tasks}",
-                                       f"scenario={scenario}",
+                                       f"scenario={scenario}", *([f"iters={iters}"] if iters else []),
                                        "quiet=true", "plots=false", "device=cpu", "checkpoint=false",
                                        f"seed={rep}"), d)
             times[method].append(last[method]["train_seconds"])
@@ -66,7 +69,7 @@ def bench_training(reps: int, tasks: int, methods: list[str]) -> pd.DataFrame:
              "buffer_bytes": last[m].get("buffer_bytes", float("nan")),
              "importance_bytes": last[m].get("importance_bytes", float("nan")),
              "generator_parameters": last[m].get("generator_parameters", float("nan")),
-             "peak_rss_mb": last[m]["peak_rss_mb"]} for m in methods]
+             "peak_rss_mb": last[m]["peak_rss_mb"], "iters_per_task": iters or "epoch"} for m in methods]
     df = pd.DataFrame(rows)
     df["ratio_to_naive"] = df.train_seconds / float(df.loc[df.method == "naive", "train_seconds"].iloc[0])
     # the machine's speed drifts between repetitions: the ratio within each repetition is the steadier number
@@ -132,6 +135,9 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated; naive is always included; also {', '.join(VARIANTS)}")
     ap.add_argument("--skip-fisher", action="store_true")
+    ap.add_argument("--iters", type=int, default=None,
+                    help="steps per task for every method, naive included (default: one epoch); MER's cost per "
+                    "incoming batch is then timed in minutes rather than hours")
     ap.add_argument("--out", default="methods.csv", help="file name under results/speed/")
     a = ap.parse_args()
     methods = ["naive"] + [m for m in a.methods.split(",") if m and m != "naive"]
@@ -145,7 +151,7 @@ def main() -> None:
         loop = rate["per-sample loop (autograd.grad)"]
         print(f"vmap / loop: {rate['vectorised (vmap(grad))'] / loop:.1f}x; "
               f"outer products / loop: {rate['Linear-layer outer products (backend=auto, MLP)'] / loop:.1f}x")
-    train = bench_training(a.reps, a.tasks, methods)
+    train = bench_training(a.reps, a.tasks, methods, a.iters)
     train.to_csv(HERE / a.out, index=False, float_format="%.4g")
     print(train.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
 
