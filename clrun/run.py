@@ -13,7 +13,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,14 +86,50 @@ def run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | Non
     written into ``out_dir`` once every setting has been checked: a command that is refused changes no file.
     ``sweep_dir``: the sweep the run is a job of; its trackers group the sweep's runs under its name."""
     try:
-        return _run(cfg, out_dir, job_files, Path(sweep_dir) if sweep_dir else None)
+        return drive(_run(cfg, out_dir, job_files, Path(sweep_dir) if sweep_dir else None))
     finally:
         # learner <-> method references form cycles: without a collection here a sweep's next job builds its
         # stream while the last one's is still alive (R-MNIST: 5 GB a stream, peak RSS 10 GB from job 2 on)
         gc.collect()
 
 
-def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | None, sweep_dir: Path | None) -> dict:
+@dataclass
+class TrainTask:
+    """What a run asks its driver for between evaluations: train ``task`` of ``learner``'s stream (its
+    ``train_task`` arguments). :func:`drive` trains it alone; clrun.vectorized trains several runs' together."""
+
+    learner: Learner
+    task: int
+    epochs: int
+    iters: int | None
+    progress: Callable
+    on_log_row: Callable[[dict], None]
+
+    def train_alone(self) -> None:
+        self.learner.train_task(self.task, self.epochs, self.iters, progress=self.progress,
+                                on_log_row=self.on_log_row)
+
+
+def drive(steps: Generator[TrainTask, BaseException | None, dict]) -> dict:
+    """Run a run's generator to its end, training each task it asks for alone; an error in training goes back
+    into the run at the point it asked (which records a divergence, an interruption or a failure)."""
+    try:
+        request = next(steps)
+        while True:
+            try:
+                request.train_alone()
+            except Exception as err:  # noqa: BLE001 - the run decides what each error means
+                request = steps.throw(err)
+            else:
+                request = steps.send(None)
+    except StopIteration as stop:
+        return stop.value
+
+
+def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | None,
+         sweep_dir: Path | None) -> Generator[TrainTask, BaseException | None, dict]:
+    """The run, as a generator: it yields a :class:`TrainTask` where a task is to be trained and gets None back
+    when it is (or the training's Diverged / Interrupted thrown in), and returns the metrics row."""
     t_start = time.perf_counter()
     reset_peak_rss()
     out_dir = Path(out_dir)
@@ -224,7 +261,7 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
                 progress = _progress_bar(f"task {t + 1}/{T} {stream.tasks[t].name}", bool(cfg.quiet), bars)
                 t0 = time.perf_counter()
                 try:
-                    learner.train_task(t, int(cfg.epochs), cfg.iters, progress=progress, on_log_row=on_log_row)
+                    yield TrainTask(learner, t, int(cfg.epochs), cfg.iters, progress, on_log_row)
                 finally:
                     clock["train"] += time.perf_counter() - t0
                     for b in bars:
