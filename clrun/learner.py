@@ -77,6 +77,7 @@ class Learner:
         self.ctx = Context(self, model.to(self.device), stream, self.scenario, self.device, seed, batch_size,
                            method.train_units)
         self.observers: list = []  # diagnostics: before_task / after_step / after_task, no say in the loss
+        self.stacked_seeds = 1  # runs trained together with this one as one stacked model (clrun.vectorized)
         for m in self.methods:
             m.bind(self.ctx)
         for m in self.methods:

@@ -222,7 +222,8 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
             ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy"], math.nan)
         return {**base_row, "status": status, "tasks_done": tasks_done, **done,
                 "wall_seconds": clock["wall"] + time.perf_counter() - t_start, "train_seconds": clock["train"],
-                "eval_seconds": clock["eval"], "peak_rss_mb": _peak_rss_mb(), "parameters": learner.n_parameters(),
+                "eval_seconds": clock["eval"], "peak_rss_mb": _peak_rss_mb(), "stacked_seeds": learner.stacked_seeds,
+                "parameters": learner.n_parameters(),
                 "buffer_bytes": math.nan, **{k: v for m in learner.methods for k, v in m.extra_metrics().items()}}
 
     if state is not None:

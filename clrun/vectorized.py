@@ -1,0 +1,284 @@
+"""Several seeds of one configuration trained as one stacked model: N runs in one process, one forward, backward
+and optimiser step for all of them per batch.
+
+Each seed's run is built exactly as ``clrun.run.run`` builds it alone (its stream, initial weights, batch order,
+replay memory, method), and writes its own run directory. Only the training of a task is shared: the seeds'
+Linear weights become slices of stacked tensors [N, ...] (each seed's model keeps them as views, so its
+evaluation, checkpoints and method state read its own weights), and a step runs one batched matmul per layer
+(``torch.baddbmm``) over the N seeds' batches. Every hook that is per seed stays per seed: each seed's batch
+order, its method's ``replay``, ``data_loss`` and ``after_step``; their losses are summed, so each seed's
+gradient is its own. SGD and Adam update each entry from its own gradient, so the stacked step is each seed's.
+
+What stacks: models made of Flatten, Linear and elementwise activations (``model=mlp``); methods whose only
+per-step hooks are ``replay``, ``data_loss`` and ``after_step`` (naive, joint, ER, DER); no regularisers or
+diagnostics; ``on_nan=stop``. :func:`why_not` says why a configuration does not, and the launcher then runs
+its seeds one after the other.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig
+from torch import Tensor
+
+from clrun import run as run_mod
+from clrun.learner import Diverged, Interrupted, Learner, _Interval
+from clrun.methods.base import Batch, Method, Step
+from clrun.models import Backbone
+from clrun.run import TrainTask
+
+ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.GELU)
+# the hooks a stacked step does not call: a method overriding any of them trains alone
+_PER_STEP_HOOKS = ("forward", "penalty", "add_penalty_gradient", "frozen", "transform_gradient", "inner_batches",
+                   "loss_scale")
+_STACKED_METHODS = ("naive", "joint", "er", "der")
+
+
+def _layers(model: nn.Module) -> list[nn.Module] | None:
+    """The model's layers in forward order when it is features -> head of stackable layers, else None."""
+    features, head = getattr(model, "features", None), getattr(model, "head", None)
+    if not isinstance(features, nn.Sequential) or not isinstance(head, nn.Linear):
+        return None
+    if type(model).forward is not Backbone.forward:  # a model with a forward of its own may do more than this
+        return None
+    layers = [*features, head]
+    ok = all(isinstance(m, (nn.Linear, nn.Flatten, *ACTIVATIONS)) for m in layers)
+    return layers if ok else None
+
+
+def why_not(learners: Sequence[Learner], diagnostics: bool = False) -> str | None:
+    """Why these seeds' runs cannot train as one stacked model (one line), or None when they can."""
+    first = learners[0]
+    if diagnostics:
+        return "diagnostics observe one run's steps"
+    for L in learners:
+        if L.regularizers:
+            return "regularizers are not stacked"
+        if L.on_nan != "stop" or L.check_step:
+            return "on_nan=skip and check_step=true are per-run"
+        name = L.method.name
+        if name not in _STACKED_METHODS or any(getattr(type(L.method), h) is not getattr(Method, h)
+                                              for h in _PER_STEP_HOOKS):
+            return f"method={name} has per-step hooks that are not stacked (stacked: {', '.join(_STACKED_METHODS)})"
+        if _layers(L.model) is None:
+            return f"model {type(L.model).__name__} is not made of Linear layers and elementwise activations"
+        if L.device != first.device or L.batch_size != first.batch_size:
+            return "the seeds differ in device or batch size"
+    shapes = [[tuple(p.shape) for p in L.model.parameters()] for L in learners]
+    if any(s != shapes[0] for s in shapes):
+        return "the seeds' models differ in shape"
+    return None
+
+
+class StackedLinearStack(nn.Module):
+    """The seeds' models as one: each Linear's weights stacked to [N, out, in] and [N, out]; the seeds' own
+    Linear layers are rebound to views of the stacked tensors, so a step on the stack is a step on each."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        per_seed = [_layers(m) for m in models]
+        self.ops: list[tuple[str, int | nn.Module]] = []
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for i, layer in enumerate(per_seed[0]):
+            if isinstance(layer, nn.Flatten):
+                self.ops.append(("flatten", 0))
+            elif isinstance(layer, nn.Linear):
+                k = len(self.weights)
+                w = nn.Parameter(torch.stack([layers[i].weight.detach() for layers in per_seed]))
+                self.weights.append(w)
+                if layer.bias is not None:
+                    self.biases.append(nn.Parameter(torch.stack([layers[i].bias.detach() for layers in per_seed])))
+                for s, layers in enumerate(per_seed):  # each seed's layer now reads and writes the stack's slice
+                    layers[i].weight = nn.Parameter(w.data[s], requires_grad=layers[i].weight.requires_grad)
+                    if layer.bias is not None:
+                        b = self.biases[len(self.biases) - 1]
+                        layers[i].bias = nn.Parameter(b.data[s], requires_grad=layers[i].bias.requires_grad)
+                self.ops.append(("linear", k))
+            else:
+                self.ops.append(("act", layer))
+        self.has_bias = per_seed[0][-1].bias is not None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` [N, B, ...] -> logits [N, B, units]."""
+        h = x
+        bias_index = 0
+        for kind, op in self.ops:
+            if kind == "flatten":
+                h = h.flatten(2)
+            elif kind == "linear":
+                w = self.weights[op]
+                if self.has_bias:
+                    h = torch.baddbmm(self.biases[bias_index].unsqueeze(1), h, w.transpose(1, 2))
+                    bias_index += 1
+                else:
+                    h = torch.bmm(h, w.transpose(1, 2))
+            else:
+                h = op(h)
+        return h
+
+
+class SeedStack:
+    """Trains the same task of N seeds' runs together (their :class:`~clrun.run.TrainTask` requests)."""
+
+    def __init__(self, learners: Sequence[Learner]):
+        self.learners = list(learners)
+        self.model = StackedLinearStack([L.model for L in self.learners])
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.done: set[int] = set()  # runs that have stopped (diverged): still stepped, their results unused
+
+    def train_task(self, requests: Sequence[TrainTask | None]) -> list[BaseException | None]:
+        """Train every request's task (None: a run that has stopped, stepped along but not asked); per run, the
+        Diverged or Interrupted it gets, or None."""
+        learners = self.learners
+        live = [q for q in requests if q is not None]
+        t = live[0].task
+        requests = [q if q is not None else TrainTask(L, t, live[0].epochs, live[0].iters, None, None)
+                    for q, L in zip(requests, learners)]
+        outcome: list[BaseException | None] = [None] * len(learners)
+        for i in self.done:
+            outcome[i] = Diverged("stopped earlier")
+        for L in learners:
+            L.ctx.current_task = t
+            L.method.before_task(t)
+        if self.optimizer is None or learners[0].reset_optimizer:
+            self.optimizer = learners[0].optimizer_factory(list(self.model.parameters()))
+        try:
+            self._epochs(requests, t, outcome)
+        except Interrupted as err:
+            return [err] * len(learners)
+        for L, err in zip(learners, outcome):
+            if err is None:
+                L.method.after_task(t)
+        return outcome
+
+    def _epochs(self, requests: Sequence[TrainTask], t: int, outcome: list[BaseException | None]) -> None:
+        learners = self.learners
+        sets = [L.method.training_set(t) for L in learners]
+        n = len(sets[0][1])
+        if any(len(y) != n for _, y, _ in sets):
+            raise ValueError("the seeds' training sets differ in size: they cannot share steps")
+        tasks = [L.stream.tasks[t] for L in learners]
+        single = [bool((ids == t).all()) for _, _, ids in sets]
+        B = learners[0].batch_size
+        r = requests[0]
+        total = 0 if n == 0 else r.iters if r.iters is not None else r.epochs * -(-n // B)
+        ticks = [q.progress(total) if q.progress else None for q in requests]
+        for L in learners:
+            L.model.train()
+        step, epoch = 0, 0
+        while step < total:
+            orders = [torch.randperm(n, generator=L.generator).to(L.device) for L in learners]
+            sums = [_Interval(L.device) for L in learners]
+            for s in range(0, n, B):
+                if step >= total:
+                    break
+                for L in learners:
+                    if L.stop_requested:
+                        raise Interrupted(f"{L.stop_requested} during task {t + 1}")
+                batches = []
+                for (x_all, y_all, ids_all), order, task, one, L in zip(sets, orders, tasks, single, learners):
+                    idx = order[s : s + B]
+                    ids = ids_all[idx]
+                    x = task.inputs(x_all[idx]) if one else L.ctx.view(x_all[idx], ids)
+                    batches.append(Batch(x, y_all[idx], ids, t))
+                self._step(batches, sums)
+                step += 1
+                for tick in ticks:
+                    if tick:
+                        tick(1)
+            for i, (L, q) in enumerate(zip(learners, requests)):
+                if outcome[i] is None and not bool(torch.isfinite(sums[i].loss) & L._weights_finite()):
+                    outcome[i] = Diverged(f"loss or weights became non-finite in task {t + 1}, epoch {epoch + 1} "
+                                          "(on_nan=stop); lower lr or lam")
+                if outcome[i] is None and q.on_log_row:
+                    q.on_log_row(sums[i].row(t, epoch, step, kind="epoch"))
+            epoch += 1
+
+    def _step(self, batches: list[Batch], sums: list[_Interval]) -> None:
+        """One optimiser step for every seed: per seed its replay, one stacked forward, per seed its loss (summed:
+        each seed's gradient is its own), one backward and one optimiser step, per seed its after_step."""
+        learners = self.learners
+        self.optimizer.zero_grad(set_to_none=True)
+        replayed = [L.method.replay(b) for L, b in zip(learners, batches)]
+        sizes = {None if r is None else len(r.y) for r in replayed}
+        if len(sizes) > 1:
+            raise ValueError("the seeds replay different numbers of samples: they cannot share a step")
+        xs = [b.x if r is None else torch.cat([b.x, r.x]) for b, r in zip(batches, replayed)]
+        logits = self.model(torch.stack(xs))  # [N, rows, units]
+        steps = [Step(b, r, logits[i]) for i, (b, r) in enumerate(zip(batches, replayed))]
+        losses = [L.method.data_loss(st) for L, st in zip(learners, steps)]
+        torch.stack(losses).sum().backward()
+        self.optimizer.step()
+        for L, st, loss, acc in zip(learners, steps, losses, sums):
+            L.method.after_step(st)
+            b = st.batch
+            hits = (L.scenario.masked(st.new_logits.detach(), b.task_ids, b.task).argmax(1) == b.y).sum()
+            acc.add(loss.detach() * len(b.y), hits, len(b.y))
+
+
+def run_seeds(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], job_files: Sequence[Mapping[str, str] | None],
+              sweep_dir: Path | None = None) -> tuple[list[dict], str | None]:
+    """The runs of ``cfgs`` (one configuration, several seeds), each into its own directory, trained as one
+    stacked model where they can be; returns their metrics rows and, when they could not be stacked, why (they
+    then ran one after the other in this process)."""
+    runs = [run_mod._run(cfg, Path(d), files, sweep_dir) for cfg, d, files in zip(cfgs, out_dirs, job_files)]
+    rows: list[dict | None] = [None] * len(runs)
+    requests: dict[int, TrainTask] = {}
+    try:
+        for i, steps in enumerate(runs):
+            try:
+                requests[i] = next(steps)  # the run is built, checked and its untrained model evaluated
+            except StopIteration as stop:  # nothing to train (a completed run resumed)
+                rows[i] = stop.value
+        learners = [q.learner for q in requests.values()]
+        tasks = {q.task for q in requests.values()}
+        reason = None
+        if len(requests) < 2:
+            reason = "fewer than two runs to train"
+        elif len(tasks) > 1:
+            reason = "the runs resume from different tasks"
+        else:
+            reason = why_not(learners, diagnostics=any(q.learner.observers for q in requests.values()))
+        if reason:
+            for i, q in requests.items():
+                rows[i] = _finish_alone(runs[i], q)
+            return rows, reason  # type: ignore[return-value]
+        order = list(requests)
+        stack = SeedStack(learners)
+        for L in learners:
+            L.stacked_seeds = len(learners)
+        while requests:
+            errors = stack.train_task([requests.get(i) for i in order])
+            for i, err in zip(order, errors):
+                if i not in requests:
+                    continue
+                try:
+                    requests[i] = runs[i].throw(err) if err is not None else runs[i].send(None)
+                except StopIteration as stop:
+                    rows[i] = stop.value
+                    del requests[i]
+                    stack.done.add(order.index(i))
+        return rows, None  # type: ignore[return-value]
+    finally:
+        for steps in runs:
+            steps.close()
+        gc.collect()
+
+
+def _finish_alone(steps, request: TrainTask) -> dict:
+    """Continue one run's generator from its first request, training each task alone (as clrun.run.drive)."""
+    try:
+        while True:
+            try:
+                request.train_alone()
+            except Exception as err:  # noqa: BLE001 - the run decides what each error means
+                request = steps.throw(err)
+            else:
+                request = steps.send(None)
+    except StopIteration as stop:
+        return stop.value
