@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -33,8 +34,20 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("clrun")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> float | tuple[float, float]:
+@dataclass
+class JobSpec:
+    """One job of a command, checked and ready to run: its config, directory, sweep and Hydra's files."""
+
+    cfg: DictConfig
+    out_dir: Path
+    sweep_dir: Path | None
+    job_files: dict[str, str]
+    direction: object  # the sweeper's optimisation direction(s), for :func:`objective`
+
+
+def prepare_job(cfg: DictConfig) -> JobSpec | None:
+    """The job Hydra has composed into ``cfg`` (inside its job context), with its paper preset's settings; None
+    for a sweep job the preset refuses (recorded in its directory; a single run exits with the message)."""
     hc = HydraConfig.get()
     sweeping = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
@@ -50,17 +63,61 @@ def _hydra_main(cfg: DictConfig) -> float | tuple[float, float]:
         _record_failure(cfg, out_dir, err, _job_files(cfg, hc))
         JOB_STATUSES.append("refused")  # a sweep records the refused job and goes on
         print(f"clrun: error: {err}", file=sys.stderr)
-        return objective(None, OmegaConf.select(hc, "sweeper.direction"))
+        return None
     while _NOTES:
         print(f"clrun: {_NOTES.pop(0)}", file=sys.stderr)
-    job_files = _job_files(cfg, hc)
     for warning in unused_settings(cfg, list(hc.overrides.task)):
         if warning not in _WARNED:  # once per sweep, not once per job
             _WARNED.add(warning)
             print(f"clrun: warning: {warning}", file=sys.stderr)
-    status, row = _run_job(cfg, out_dir, Path(hc.sweep.dir) if sweeping else None, job_files)
+    return JobSpec(cfg, out_dir, Path(hc.sweep.dir) if sweeping else None, _job_files(cfg, hc),
+                   OmegaConf.select(hc, "sweeper.direction"))
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> float | tuple[float, float]:
+    spec = prepare_job(cfg)
+    if spec is None:
+        return objective(None, OmegaConf.select(HydraConfig.get(), "sweeper.direction"))
+    return _hydra_job(spec)
+
+
+def run_stacked(specs: list[JobSpec]) -> list[float | tuple[float, float]]:
+    """Jobs that differ only in their seed, trained as one stacked model where they can be (clrun.vectorized;
+    ``hydra/launcher=stacked``); their objectives. Each keeps its own run directory and status."""
+    from clrun import vectorized
+
+    if run_mod.stop_signal() or len(specs) < 2:  # as one job each: the sweep's stop, or nothing to stack
+        return [_hydra_job(spec) for spec in specs]
+    try:
+        rows, reason = vectorized.run_seeds([s.cfg for s in specs], [s.out_dir for s in specs],
+                                            [s.job_files for s in specs], specs[0].sweep_dir)
+    except ClrunError as err:
+        print(f"clrun: error: {err}", file=sys.stderr)
+        for s in specs:
+            _record_failure(s.cfg, s.out_dir, err, s.job_files)
+            JOB_STATUSES.append("refused")
+        return [objective(None, s.direction) for s in specs]
+    except Exception as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.exception("stacked jobs failed; the sweep goes on")
+        for s in specs:
+            _record_failure(s.cfg, s.out_dir, err, s.job_files)
+            JOB_STATUSES.append("failed")
+        return [objective(None, s.direction) for s in specs]
+    if reason and reason not in _WARNED:
+        _WARNED.add(reason)
+        print(f"clrun: note: seeds run one after another, not stacked: {reason}", file=sys.stderr)
+    for row in rows:
+        JOB_STATUSES.append(str(row["status"]))
+    return [objective(row, s.direction) for row, s in zip(rows, specs)]
+
+
+def _hydra_job(spec: JobSpec) -> float | tuple[float, float]:
+    status, row = _run_job(spec.cfg, spec.out_dir, spec.sweep_dir, spec.job_files)
     JOB_STATUSES.append(status)
-    return objective(row, OmegaConf.select(hc, "sweeper.direction"))
+    return objective(row, spec.direction)
 
 
 def objective(row: dict | None, direction) -> float | tuple[float, float]:

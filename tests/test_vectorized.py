@@ -1,0 +1,68 @@
+"""Seeds trained as one stacked model (clrun.vectorized, hydra/launcher=stacked): each seed's run directory holds
+what the seed run alone writes."""
+
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+
+from clrun.run import run
+from clrun.vectorized import run_seeds
+from tests.conftest import FAST, clrun_cmd, make_cfg
+
+SMALL = [*FAST, "benchmark.n_train=40", "batch_size=10", "buffer=30", "threads=1"]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # threads=1 in the configs sets the process's
+
+
+@pytest.mark.parametrize("method", ["naive", "er", "der"])
+def test_stacked_seeds_write_the_r_each_seed_writes_alone(tmp_path, one_thread, method):
+    """On CPU with one thread the stacked step's matmuls give each seed's numbers exactly: R.csv byte for byte."""
+    seeds = [0, 1, 2]
+    cfgs = [make_cfg(*SMALL, f"method={method}", f"seed={s}") for s in seeds]
+    for s, cfg in zip(seeds, cfgs):
+        run(cfg, tmp_path / f"alone{s}")
+    rows, reason = run_seeds([make_cfg(*SMALL, f"method={method}", f"seed={s}") for s in seeds],
+                             [tmp_path / f"stacked{s}" for s in seeds], [None] * 3)
+    assert reason is None
+    assert [r["status"] for r in rows] == ["completed"] * 3 and [r["stacked_seeds"] for r in rows] == [3] * 3
+    for s in seeds:
+        assert (tmp_path / f"stacked{s}" / "R.csv").read_text() == (tmp_path / f"alone{s}" / "R.csv").read_text()
+        alone = pd.read_csv(tmp_path / f"alone{s}" / "log.csv")
+        stacked = pd.read_csv(tmp_path / f"stacked{s}" / "log.csv")
+        pd.testing.assert_series_equal(stacked["loss"], alone["loss"], rtol=1e-5)  # its own loss, to float rounding
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    (["method=ewc"], "method=ewc has per-step hooks that are not stacked"),
+    (["method=er", "model=cnn", "model.hidden=16"], "model CNN is not made of Linear layers"),
+    (["method=er", "+regularizers=[lwf]"], "regularizers are not stacked"),
+])
+def test_what_cannot_be_stacked_runs_seed_after_seed_and_says_why(tmp_path, one_thread, overrides, reason):
+    cfgs = [make_cfg(*SMALL, "benchmark.n_tasks=2", *overrides, f"seed={s}") for s in (0, 1)]
+    rows, why = run_seeds(cfgs, [tmp_path / "a", tmp_path / "b"], [None] * 2)
+    assert why is not None and why.startswith(reason)
+    assert [r["status"] for r in rows] == ["completed"] * 2 and [r["stacked_seeds"] for r in rows] == [1, 1]
+
+
+def test_stacked_launcher_groups_a_sweeps_seeds(tmp_path):
+    """hydra/launcher=stacked: the seeds of each configuration train together, each job in its own directory
+    with Hydra's files; a method that cannot stack runs seed after seed with a note; the summary is the sweep's."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(clrun_cmd("-m", "hydra/launcher=stacked", *SMALL, "benchmark.n_tasks=2", "method=naive,ewc",
+                                    "seed=0,1", f"hydra.sweep.dir={sweep}"),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "not stacked: method=ewc" in proc.stderr
+    rows = pd.concat([pd.read_csv(m) for m in sorted(sweep.glob("*/metrics.csv"))])
+    assert sorted(zip(rows.method, rows.seed, rows.stacked_seeds)) == [
+        ("ewc", 0, 1), ("ewc", 1, 1), ("naive", 0, 2), ("naive", 1, 2)]
+    assert all((d / ".hydra" / "overrides.yaml").exists() for d in sweep.glob("method=*"))
+    summary = pd.read_csv(sweep / "summary_by_config.csv")
+    assert sorted(summary.method) == ["ewc", "naive"] and (summary.n == 2).all()
