@@ -224,7 +224,6 @@ class Learner:
 
     def _epochs(self, task_id: int, epochs: int, iters: int | None, progress, on_log_row, phase: str) -> list[dict]:
         x_all, y_all, ids_all = self.method.training_set(task_id)
-        task = self.stream.tasks[task_id]
         n = len(y_all)
         steps_per_epoch = -(-n // self.batch_size)
         total = 0 if n == 0 else iters if iters is not None else epochs * steps_per_epoch  # n=0: nothing to train
@@ -243,9 +242,7 @@ class Learner:
                 if self.stop_requested:
                     raise Interrupted(f"{self.stop_requested} during task {task_id + 1}")
                 idx = order[s : s + self.batch_size]
-                ids = ids_all[idx]
-                x = task.inputs(x_all[idx]) if single_task else self.ctx.view(x_all[idx], ids)
-                batch = Batch(x, y_all[idx], ids, task_id)
+                batch = self.batch_of(x_all, y_all, ids_all, idx, task_id, single_task)
                 if self.on_nan == "skip":
                     snapshot = [p.detach().clone() for p in self.model.parameters()]
                 weighted, hits, n_rows = self._train_on(batch, phase)
@@ -286,6 +283,17 @@ class Learner:
                            "lower lr or lam")
         return rows
 
+    def batch_of(self, x_all: Tensor, y_all: Tensor, ids_all: Tensor, idx: Tensor, task_id: int,
+                 single_task: bool) -> Batch:
+        """The batch of training-set rows ``idx`` in their tasks' views (one task's view when they all are)."""
+        ids = ids_all[idx]
+        x = self.stream.tasks[task_id].inputs(x_all[idx]) if single_task else self.ctx.view(x_all[idx], ids)
+        return Batch(x, y_all[idx], ids, task_id)
+
+    def hits(self, logits: Tensor, batch: Batch) -> Tensor:
+        """Correct predictions among ``batch``'s rows (a 0-d tensor on the device: no host sync)."""
+        return (self.scenario.masked(logits, batch.task_ids, batch.task).argmax(1) == batch.y).sum()
+
     def _train_on(self, batch: Batch, phase: str) -> tuple[Tensor, Tensor, int]:
         """One step on an incoming batch, or one per batch the primary's ``inner_batches`` yields; returns the
         loss summed over the rows stepped on, their correct predictions and their number (the log's terms)."""
@@ -293,8 +301,7 @@ class Learner:
         weighted, hits, n_rows = None, None, 0
         for b in [batch] if inner is None else inner:
             loss, logits = self.step(b, phase)
-            w = loss * len(b.y)
-            h = (self.scenario.masked(logits, b.task_ids, b.task).argmax(1) == b.y).sum()
+            w, h = loss * len(b.y), self.hits(logits, b)
             weighted, hits = (w, h) if weighted is None else (weighted + w, hits + h)
             n_rows += len(b.y)
         if weighted is None:  # nothing was yielded: no step taken

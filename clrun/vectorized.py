@@ -60,7 +60,7 @@ def why_not(learners: Sequence[Learner], diagnostics: bool = False) -> str | Non
         if L.regularizers:
             return "regularizers are not stacked"
         if L.on_nan != "stop" or L.check_step:
-            return "on_nan=skip and check_step=true are per-run"
+            return "on_nan=skip and check_step=true are per run"
         name = L.method.name
         if name not in _STACKED_METHODS or any(getattr(type(L.method), h) is not getattr(Method, h)
                                               for h in _PER_STEP_HOOKS):
@@ -164,7 +164,6 @@ class SeedStack:
         n = len(sets[0][1])
         if any(len(y) != n for _, y, _ in sets):
             raise ValueError("the seeds' training sets differ in size: they cannot share steps")
-        tasks = [L.stream.tasks[t] for L in learners]
         single = [bool((ids == t).all()) for _, _, ids in sets]
         B = learners[0].batch_size
         r = requests[0]
@@ -172,6 +171,8 @@ class SeedStack:
         ticks = [q.progress(total) if q.progress else None for q in requests]
         for L in learners:
             L.model.train()
+        log_every = learners[0].log_every  # a curve row every log_every steps, as each run alone writes it
+        intervals = [_Interval(L.device) for L in learners]
         step, epoch = 0, 0
         while step < total:
             orders = [torch.randperm(n, generator=L.generator).to(L.device) for L in learners]
@@ -182,14 +183,16 @@ class SeedStack:
                 for L in learners:
                     if L.stop_requested:
                         raise Interrupted(f"{L.stop_requested} during task {t + 1}")
-                batches = []
-                for (x_all, y_all, ids_all), order, task, one, L in zip(sets, orders, tasks, single, learners):
-                    idx = order[s : s + B]
-                    ids = ids_all[idx]
-                    x = task.inputs(x_all[idx]) if one else L.ctx.view(x_all[idx], ids)
-                    batches.append(Batch(x, y_all[idx], ids, t))
-                self._step(batches, sums)
+                batches = [L.batch_of(*rows, order[s : s + B], t, one)
+                           for L, rows, order, one in zip(learners, sets, orders, single)]
+                terms = self._step(batches)
                 step += 1
+                for i, (total_i, interval, q) in enumerate(zip(sums, intervals, requests)):
+                    total_i.add(*terms[i])
+                    if log_every:
+                        interval.add(*terms[i])
+                        if step % log_every == 0 and q.on_log_row and outcome[i] is None:
+                            q.on_log_row(interval.row(t, epoch, step))
                 for tick in ticks:
                     if tick:
                         tick(1)
@@ -201,9 +204,10 @@ class SeedStack:
                     q.on_log_row(sums[i].row(t, epoch, step, kind="epoch"))
             epoch += 1
 
-    def _step(self, batches: list[Batch], sums: list[_Interval]) -> None:
+    def _step(self, batches: list[Batch]) -> list[tuple[Tensor, Tensor, int]]:
         """One optimiser step for every seed: per seed its replay, one stacked forward, per seed its loss (summed:
-        each seed's gradient is its own), one backward and one optimiser step, per seed its after_step."""
+        each seed's gradient is its own), one backward and one optimiser step, per seed its after_step. Per seed,
+        the log's terms: loss x rows, correct predictions, rows."""
         learners = self.learners
         self.optimizer.zero_grad(set_to_none=True)
         replayed = [L.method.replay(b) for L, b in zip(learners, batches)]
@@ -216,11 +220,11 @@ class SeedStack:
         losses = [L.method.data_loss(st) for L, st in zip(learners, steps)]
         torch.stack(losses).sum().backward()
         self.optimizer.step()
-        for L, st, loss, acc in zip(learners, steps, losses, sums):
+        terms = []
+        for L, st, loss in zip(learners, steps, losses):
             L.method.after_step(st)
-            b = st.batch
-            hits = (L.scenario.masked(st.new_logits.detach(), b.task_ids, b.task).argmax(1) == b.y).sum()
-            acc.add(loss.detach() * len(b.y), hits, len(b.y))
+            terms.append((loss.detach() * len(st.batch.y), L.hits(st.new_logits.detach(), st.batch), len(st.batch.y)))
+        return terms
 
 
 def run_seeds(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], job_files: Sequence[Mapping[str, str] | None],

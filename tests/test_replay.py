@@ -1,7 +1,5 @@
-import subprocess
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +14,7 @@ from clrun.methods.icarl import ICaRL, herding
 from clrun.models import MLP
 from clrun.run import run
 from clrun.streams import ConfigError, Scenario, permuted, split
-from tests.conftest import FAST, clrun_cmd, make_cfg
+from tests.conftest import FAST, make_cfg
 
 
 def _stream_into(buf, n, batch, labels=None):
@@ -28,7 +26,7 @@ def _stream_into(buf, n, batch, labels=None):
 
 
 def test_reservoir_keeps_a_uniform_sample_of_the_whole_stream():
-    n, capacity, runs, buckets = 5000, 50, 300, 10
+    n, capacity, runs, buckets = 5000, 50, 150, 10
     counts = np.zeros(buckets)
     for seed in range(runs):
         buf = ReplayBuffer(capacity, "reservoir", seed=seed)
@@ -45,8 +43,8 @@ def test_reservoir_keeps_a_uniform_sample_of_the_whole_stream():
 def test_reservoir_is_not_biased_towards_early_or_late_items():
     # a deliberately broken variant (keep the last `capacity` items) fails the same statistic
     kept = torch.arange(5000 - 50, 5000)
-    counts = np.bincount((kept // 500).numpy(), minlength=10) * 300
-    assert (((counts - 1500.0) ** 2) / 1500.0).sum() > 27.88
+    counts = np.bincount((kept // 500).numpy(), minlength=10) * 150
+    assert (((counts - 750.0) ** 2) / 750.0).sum() > 27.88
 
 
 def test_class_balanced_keeps_equal_counts_per_seen_class():
@@ -319,16 +317,6 @@ def test_er_combines_with_regularisers(tmp_path):
     assert row["method"] == "er" and row["regularizers"] == "lwf+ewc" and row["status"] == "completed"
 
 
-def test_multirun_sweep_runs_four_jobs(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(clrun_cmd("-m", *FAST, "method=er,agem", "buffer=20,50", f"hydra.sweep.dir={sweep}"),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    rows = pd.concat([pd.read_csv(m) for m in sweep.glob("*/metrics.csv")])
-    assert sorted(zip(rows.method, rows.buffer)) == [("agem", 20), ("agem", 50), ("er", 20), ("er", 50)]
-    assert (rows.status == "completed").all()
-
-
 @pytest.mark.parametrize("variant", ["riemer", "mammoth"])
 def test_mer_update_is_the_hand_computed_reptile_step(variant):
     """One incoming example, one stored sample, two inner batches: the weights MER leaves are those of SGD steps
@@ -374,7 +362,7 @@ def test_mer_update_is_the_hand_computed_reptile_step(variant):
 
 
 def test_mer_reduces_forgetting_on_synthetic_class_il(tmp_path):
-    small = [*FAST, "benchmark.n_train=60", "epochs=2", "buffer=50"]
+    small = [*FAST, "benchmark.n_train=40", "buffer=50"]
     naive = run(make_cfg(*small), tmp_path / "naive")
     mer = run(make_cfg(*small, "method=mer", "method.replay_batch_size=5"), tmp_path / "mer")
     assert mer["method"] == "mer" and mer["steps_per_example"] == 6 and mer["buffer_bytes"] > 0
