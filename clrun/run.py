@@ -110,11 +110,12 @@ class TrainTask:
                                 on_log_row=self.on_log_row)
 
 
-def drive(steps: Generator[TrainTask, BaseException | None, dict]) -> dict:
-    """Run a run's generator to its end, training each task it asks for alone; an error in training goes back
-    into the run at the point it asked (which records a divergence, an interruption or a failure)."""
+def drive(steps: Generator[TrainTask, BaseException | None, dict], request: TrainTask | None = None) -> dict:
+    """Run a run's generator to its end (from ``request``, when it has already asked for one), training each task
+    it asks for alone; an error in training goes back into the run at the point it asked (which records a
+    divergence, an interruption or a failure)."""
     try:
-        request = next(steps)
+        request = request or next(steps)
         while True:
             try:
                 request.train_alone()

@@ -11,8 +11,8 @@ gradient is its own. SGD and Adam update each entry from its own gradient, so th
 
 What stacks: models made of Flatten, Linear and elementwise activations (``model=mlp``); methods whose only
 per-step hooks are ``replay``, ``data_loss`` and ``after_step`` (naive, joint, ER, DER); no regularisers or
-diagnostics; ``on_nan=stop``. :func:`why_not` says why a configuration does not, and the launcher then runs
-its seeds one after the other.
+diagnostics; ``on_nan=stop``; SGD, Adam, AdamW, RMSprop or Adagrad. :func:`why_not` says why a configuration
+does not, and the launcher then runs its seeds one after the other.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.GELU)
 _PER_STEP_HOOKS = ("forward", "penalty", "add_penalty_gradient", "frozen", "transform_gradient", "inner_batches",
                    "loss_scale")
 _STACKED_METHODS = ("naive", "joint", "er", "der")
+# optimisers that update each entry from its own gradient and state: a step on the stack is each seed's step
+_ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad)
 
 
 def _layers(model: nn.Module) -> list[nn.Module] | None:
@@ -69,6 +71,9 @@ def why_not(learners: Sequence[Learner], diagnostics: bool = False) -> str | Non
             return f"model {type(L.model).__name__} is not made of Linear layers and elementwise activations"
         if L.device != first.device or L.batch_size != first.batch_size:
             return "the seeds differ in device or batch size"
+    probe = first.optimizer_factory([nn.Parameter(torch.zeros(1))])
+    if type(probe) not in _ELEMENTWISE:
+        return f"optimizer {type(probe).__name__} is not known to update each weight from its own gradient alone"
     shapes = [[tuple(p.shape) for p in L.model.parameters()] for L in learners]
     if any(s != shapes[0] for s in shapes):
         return "the seeds' models differ in shape"
@@ -252,7 +257,7 @@ def run_seeds(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], job_files: S
             reason = why_not(learners, diagnostics=any(q.learner.observers for q in requests.values()))
         if reason:
             for i, q in requests.items():
-                rows[i] = _finish_alone(runs[i], q)
+                rows[i] = run_mod.drive(runs[i], q)
             return rows, reason  # type: ignore[return-value]
         order = list(requests)
         stack = SeedStack(learners)
@@ -275,16 +280,3 @@ def run_seeds(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], job_files: S
             steps.close()
         gc.collect()
 
-
-def _finish_alone(steps, request: TrainTask) -> dict:
-    """Continue one run's generator from its first request, training each task alone (as clrun.run.drive)."""
-    try:
-        while True:
-            try:
-                request.train_alone()
-            except Exception as err:  # noqa: BLE001 - the run decides what each error means
-                request = steps.throw(err)
-            else:
-                request = steps.send(None)
-    except StopIteration as stop:
-        return stop.value
