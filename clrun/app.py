@@ -92,19 +92,17 @@ def run_stacked(specs: list[JobSpec]) -> list[float | tuple[float, float]]:
     try:
         rows, reason = vectorized.run_seeds([s.cfg for s in specs], [s.out_dir for s in specs],
                                             [s.job_files for s in specs], specs[0].sweep_dir)
-    except ClrunError as err:
-        print(f"clrun: error: {err}", file=sys.stderr)
-        for s in specs:
-            _record_failure(s.cfg, s.out_dir, err, s.job_files)
-            JOB_STATUSES.append("refused")
-        return [objective(None, s.direction) for s in specs]
-    except Exception as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:  # as _run_job: a bad command is refused, anything else failed; the sweep goes on
+        refused = isinstance(err, ClrunError)
+        if not refused and os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.exception("stacked jobs failed; the sweep goes on")
+        if refused:
+            print(f"clrun: error: {err}", file=sys.stderr)
+        else:
+            log.exception("stacked jobs failed; the sweep goes on")
         for s in specs:
             _record_failure(s.cfg, s.out_dir, err, s.job_files)
-            JOB_STATUSES.append("failed")
+            JOB_STATUSES.append("refused" if refused else "failed")
         return [objective(None, s.direction) for s in specs]
     if reason and reason not in _WARNED:
         _WARNED.add(reason)

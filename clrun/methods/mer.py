@@ -55,9 +55,9 @@ class MER(ReplayMethod):
         params = self.ctx.trainable_parameters()
         for i in range(len(batch.y)):
             example = Batch(batch.x[i : i + 1], batch.y[i : i + 1], batch.task_ids[i : i + 1], batch.task)
-            across = _snapshot(params)
+            across = _snapshot(params, self.gamma)
             for _ in range(self.batches_per_example):
-                within = _snapshot(params)
+                within = _snapshot(params, self.beta)
                 yield from self._steps(example)
                 _reptile(params, within, self.beta)
             _reptile(params, across, self.gamma)
@@ -84,14 +84,15 @@ class MER(ReplayMethod):
         return row
 
 
-def _snapshot(params: list[Tensor]) -> list[Tensor]:
-    return [p.detach().clone() for p in params]
+def _snapshot(params: list[Tensor], step: float) -> list[Tensor] | None:
+    """Where an interpolation of ``step`` starts from; None where it is the identity (step 1: no copy needed)."""
+    return None if step == 1.0 else [p.detach().clone() for p in params]
 
 
 @torch.no_grad()
-def _reptile(params: list[Tensor], start: list[Tensor], step: float) -> None:
+def _reptile(params: list[Tensor], start: list[Tensor] | None, step: float) -> None:
     """theta = start + step (theta - start): Reptile's interpolation from where the inner steps began."""
-    if step == 1.0:
+    if start is None:
         return
     for p, s in zip(params, start):
         p.lerp_(s, 1.0 - step)
