@@ -132,8 +132,20 @@ class Learner:
         replayed = primary.replay(batch)
         x = batch.x if replayed is None else torch.cat([batch.x, replayed.x])
         step = Step(batch, replayed, primary.forward(x, batch.task), phase)
-        new_logits = step.new_logits
-        loss = primary.data_loss(step)
+        loss = self.step_loss(step, methods)
+        loss.backward(retain_graph=self.check_step)
+        logged, frozen = self.before_update(step, loss, methods)
+        optimizer.step()
+        self.after_update(step, frozen, methods)
+        return logged, step.new_logits.detach()
+
+    # the step's phases, shared with clrun.vectorized's stacked step (which runs the forward, backward and
+    # optimiser step of several runs at once, and these phases per run)
+    def step_loss(self, step: Step, methods: list[Method]) -> Tensor:
+        """Contract steps 2-3 after the forward: the primary's data loss plus every penalty, times the methods'
+        loss scales (recorded in ``step.scale``)."""
+        batch, new_logits = step.batch, step.new_logits
+        loss = methods[0].data_loss(step)
         for m in methods:
             p = m.penalty(batch, new_logits)
             if p is not None:
@@ -142,32 +154,37 @@ class Learner:
         for m in methods:
             scale *= m.loss_scale()
         step.scale = scale
-        if scale != 1.0:
-            loss = loss * scale
+        return loss * scale if scale != 1.0 else loss
+
+    def before_update(self, step: Step, loss: Tensor, methods: list[Method]
+                      ) -> tuple[Tensor, list[tuple[nn.Parameter, Tensor, Tensor]]]:
+        """Contract steps 4-5 after ``loss.backward()``: closed-form penalty gradients, frozen entries, gradient
+        transforms; returns the logged loss and the frozen entries :meth:`after_update` puts back."""
         graph = loss if self.check_step else None
-        loss.backward(retain_graph=self.check_step)
-        loss = loss.detach()
+        logged = loss.detach()
         for m in methods:
-            value = m.add_penalty_gradient(scale)
+            value = m.add_penalty_gradient(step.scale)
             if value is not None:
-                loss = loss + scale * value
-        if self.check_step:
-            self._check_gradient(graph, loss, scale, methods)
+                logged = logged + step.scale * value
+        if graph is not None:
+            self._check_gradient(graph, logged, step.scale, methods)
         frozen = self._frozen(methods)
-        if frozen:
-            for p, mask, _ in frozen:
-                if p.grad is not None:
-                    p.grad.masked_fill_(mask, 0.0)
+        for p, mask, _ in frozen:
+            if p.grad is not None:
+                p.grad.masked_fill_(mask, 0.0)
         for m in methods:
             m.transform_gradient(step)
-        optimizer.step()
+        return logged, frozen
+
+    def after_update(self, step: Step, frozen: list[tuple[nn.Parameter, Tensor, Tensor]],
+                     methods: list[Method]) -> None:
+        """Contract steps 6-7 after the optimiser's step: frozen entries put back, then every ``after_step``."""
         if frozen:
             with torch.no_grad():  # momentum or weight decay could still move a frozen entry: put it back
                 for p, mask, kept in frozen:
                     p.copy_(torch.where(mask, kept, p))
         for m in methods:
             m.after_step(step)
-        return loss, new_logits.detach()
 
     def _frozen(self, methods: list[Method]) -> list[tuple[nn.Parameter, Tensor, Tensor]]:
         """(parameter, mask, its values now) for every entry a method freezes this step."""

@@ -5,14 +5,17 @@ Each seed's run is built exactly as ``clrun.run.run`` builds it alone (its strea
 replay memory, method), and writes its own run directory. Only the training of a task is shared: the seeds'
 Linear weights become slices of stacked tensors [N, ...] (each seed's model keeps them as views, so its
 evaluation, checkpoints and method state read its own weights), and a step runs one batched matmul per layer
-(``torch.baddbmm``) over the N seeds' batches. Every hook that is per seed stays per seed: each seed's batch
-order, its method's ``replay``, ``data_loss`` and ``after_step``; their losses are summed, so each seed's
-gradient is its own. SGD and Adam update each entry from its own gradient, so the stacked step is each seed's.
+(``torch.baddbmm``) over the N seeds' batches. The seeds' gradients are views of the stack's too, so every hook
+of the method contract but the forward runs per seed, on the seed's own tensors, exactly as alone: its batch
+order, ``replay``, data loss, penalties and loss scale (the seeds' losses are summed, so each seed's gradient is
+its own), closed-form penalty gradients (EWC, SI, MAS), frozen entries, gradient transforms (A-GEM) and
+``after_step``. SGD, Adam and the like update each entry from its own gradient, so the stacked step is each
+seed's.
 
-What stacks: models made of Flatten, Linear and elementwise activations (``model=mlp``); methods whose only
-per-step hooks are ``replay``, ``data_loss`` and ``after_step`` (naive, joint, ER, DER); no regularisers or
-diagnostics; ``on_nan=stop``; SGD, Adam, AdamW, RMSprop or Adagrad. :func:`why_not` says why a configuration
-does not, and the launcher then runs its seeds one after the other.
+What stacks: models made of Flatten, Linear and elementwise activations (``model=mlp``); methods and
+regularisers that do not route the forward themselves (no ``forward`` or ``inner_batches`` of their own);
+``on_nan=stop``; no diagnostics or ``check_step``; SGD, Adam, AdamW, RMSprop or Adagrad. :func:`why_not` says why
+a configuration does not, and the launcher then runs its seeds one after the other.
 """
 
 from __future__ import annotations
@@ -33,10 +36,8 @@ from clrun.models import Backbone
 from clrun.run import TrainTask
 
 ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.LeakyReLU, nn.GELU)
-# the hooks a stacked step does not call: a method overriding any of them trains alone
-_PER_STEP_HOOKS = ("forward", "penalty", "add_penalty_gradient", "frozen", "transform_gradient", "inner_batches",
-                   "loss_scale")
-_STACKED_METHODS = ("naive", "joint", "er", "der")
+# the hooks a stacked step cannot call per seed: the stack runs the forward, one step per incoming batch
+_ROUTING_HOOKS = ("forward", "inner_batches")
 # optimisers that update each entry from its own gradient and state: a step on the stack is each seed's step
 _ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad)
 
@@ -59,14 +60,12 @@ def why_not(learners: Sequence[Learner], diagnostics: bool = False) -> str | Non
     if diagnostics:
         return "diagnostics observe one run's steps"
     for L in learners:
-        if L.regularizers:
-            return "regularizers are not stacked"
         if L.on_nan != "stop" or L.check_step:
             return "on_nan=skip and check_step=true are per run"
-        name = L.method.name
-        if name not in _STACKED_METHODS or any(getattr(type(L.method), h) is not getattr(Method, h)
-                                              for h in _PER_STEP_HOOKS):
-            return f"method={name} has per-step hooks that are not stacked (stacked: {', '.join(_STACKED_METHODS)})"
+        for m in L.methods:
+            own = [h for h in _ROUTING_HOOKS if getattr(type(m), h) is not getattr(Method, h)]
+            if own:
+                return f"method {m.name} routes the forward itself ({', '.join(own)}), which the stacked model does not"
         if _layers(L.model) is None:
             return f"model {type(L.model).__name__} is not made of Linear layers and elementwise activations"
         if L.device != first.device or L.batch_size != first.batch_size:
@@ -80,8 +79,28 @@ def why_not(learners: Sequence[Learner], diagnostics: bool = False) -> str | Non
     return None
 
 
+class _StackedLinear(torch.autograd.Function):
+    """N seeds' Linear layers at once, h [N, B, in] -> [N, B, out], with w [N, out, in] and b [N, out]. Its
+    backward computes each gradient as autograd computes it for one seed's ``F.linear`` (the weight's as
+    g^T h, not as the transpose of h^T g, which rounds differently), so a stacked seed's gradient is bit for bit
+    its gradient alone."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        ctx.save_for_backward(h, w)
+        ctx.has_bias = b is not None
+        wt = w.transpose(1, 2)
+        return torch.bmm(h, wt) if b is None else torch.baddbmm(b.unsqueeze(1), h, wt)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        h, w = ctx.saved_tensors
+        grad_h = g.bmm(w) if ctx.needs_input_grad[0] else None
+        return grad_h, g.transpose(1, 2).bmm(h), g.sum(1) if ctx.has_bias else None
+
+
 class StackedLinearStack(nn.Module):
-    """The seeds' models as one: each Linear's weights stacked to [N, in, out] and [N, out]; the seeds' own
+    """The seeds' models as one: each Linear's weights stacked to [N, out, in] and [N, out]; the seeds' own
     Linear layers are rebound to views of the stacked tensors, so a step on the stack is a step on each."""
 
     def __init__(self, models: Sequence[nn.Module]):
@@ -90,13 +109,16 @@ class StackedLinearStack(nn.Module):
         # ("flatten", None, None) | ("linear", weight index, bias index or None) | ("act", module, None)
         self.ops: list[tuple[str, object, int | None]] = []
         self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        # per seed, (its own parameter, the stacked parameter it is slice k of)
+        self.slices: list[list[tuple[nn.Parameter, nn.Parameter]]] = [[] for _ in models]
         for i, layer in enumerate(per_seed[0]):
             if isinstance(layer, nn.Flatten):
                 self.ops.append(("flatten", None, None))
             elif isinstance(layer, nn.Linear):
-                # [N, in, out]: the forward multiplies by it untransposed, the backward's weight gradient is
-                # then one batched matmul with no transposed copy (1.5 ms against 2.2 ms at N=10, 784 -> 100)
-                w = nn.Parameter(torch.stack([layers[i].weight.detach().t() for layers in per_seed]).contiguous())
+                # [N, out, in], each seed's slice contiguous as its own weight is alone: what a method computes on
+                # a seed's model between steps (evaluation, a Fisher) rounds as it does alone (matmuls on a
+                # transposed view round differently)
+                w = nn.Parameter(torch.stack([layers[i].weight.detach() for layers in per_seed]))
                 self.weights.append(w)
                 b = None
                 if layer.bias is not None:
@@ -104,9 +126,11 @@ class StackedLinearStack(nn.Module):
                     self.biases.append(b)
                 for k, layers in enumerate(per_seed):  # each seed's layer now reads and writes the stack's slice
                     own = layers[i]
-                    own.weight = nn.Parameter(w.data[k].t(), requires_grad=own.weight.requires_grad)
+                    own.weight = nn.Parameter(w.data[k], requires_grad=own.weight.requires_grad)
+                    self.slices[k].append((own.weight, w))
                     if b is not None:
                         own.bias = nn.Parameter(b.data[k], requires_grad=own.bias.requires_grad)
+                        self.slices[k].append((own.bias, b))
                 self.ops.append(("linear", len(self.weights) - 1, None if b is None else len(self.biases) - 1))
             else:
                 self.ops.append(("act", layer, None))
@@ -118,11 +142,32 @@ class StackedLinearStack(nn.Module):
             if kind == "flatten":
                 h = h.flatten(2)
             elif kind == "linear":
-                w = self.weights[op]
-                h = torch.bmm(h, w) if bias is None else torch.baddbmm(self.biases[bias].unsqueeze(1), h, w)
+                h = _StackedLinear.apply(h, self.weights[op], None if bias is None else self.biases[bias])
             else:
                 h = op(h)
         return h
+
+    def bind_gradients(self) -> None:
+        """Each seed's ``.grad`` becomes a view of the stack's: a hook that reads or changes a seed's gradient
+        (EWC's closed-form term, A-GEM's projection, a second forward's backward) reads or changes the stack's."""
+        for p in self.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        for k, slices in enumerate(self.slices):
+            for own, stacked in slices:
+                own.grad = stacked.grad[k]
+
+    def check_bound(self, models: Sequence[nn.Module]) -> None:
+        """Raise when a hook replaced a seed's parameters or gradients instead of changing them in place: that
+        seed's steps would no longer be the stack's."""
+        for k, (model, slices) in enumerate(zip(models, self.slices)):
+            params = {id(p) for p in model.parameters()}
+            for own, stacked in slices:
+                if (id(own) not in params or own.data_ptr() != stacked.data[k].data_ptr() or own.grad is None
+                        or own.grad.data_ptr() != stacked.grad[k].data_ptr()):
+                    raise RuntimeError("a method replaced a model's parameters or gradient tensors during a task; "
+                                       "its seeds cannot train as one stacked model (run them without "
+                                       "hydra/launcher=stacked)")
 
 
 class SeedStack:
@@ -142,7 +187,8 @@ class SeedStack:
         outcome: list[BaseException | None] = [None] * len(learners)
         for L in learners:
             L.ctx.current_task = t
-            L.method.before_task(t)
+            for m in L.methods:
+                m.before_task(t)
         if self.optimizer is None or learners[0].reset_optimizer:
             self.optimizer = learners[0].optimizer_factory(list(self.model.parameters()))
         try:
@@ -151,7 +197,8 @@ class SeedStack:
             return [err] * len(learners)
         for L, q, err in zip(learners, requests, outcome):
             if q is not None and err is None:
-                L.method.after_task(t)
+                for m in L.methods:
+                    m.after_task(t)
         return outcome
 
     def _epochs(self, requests: Sequence[TrainTask | None], first: TrainTask,
@@ -172,6 +219,7 @@ class SeedStack:
         log_every = learners[0].log_every  # a curve row every log_every steps, as each run alone writes it
         intervals = [_Interval(L.device) for L in learners]
         step, epoch = 0, 0
+        self.model.bind_gradients()  # after before_task: a method's own phase there may have reset them
         while step < total:
             orders = [torch.randperm(n, generator=L.generator).to(L.device) for L in learners]
             sums = [_Interval(L.device) for L in learners]
@@ -203,13 +251,15 @@ class SeedStack:
                 elif q.on_log_row:
                     q.on_log_row(sums[i].row(t, epoch, step, kind="epoch"))
             epoch += 1
+        self.model.check_bound([L.model for L in learners])
 
     def _step(self, batches: list[Batch]) -> list[tuple[Tensor, Tensor, int]]:
-        """One optimiser step for every seed: per seed its replay, one stacked forward, per seed its loss (summed:
-        each seed's gradient is its own), one backward and one optimiser step, per seed its after_step. Per seed,
-        the log's terms: loss x rows, correct predictions, rows."""
+        """One optimiser step for every seed: the learner's step (:meth:`~clrun.learner.Learner.step`) with its
+        forward, backward and optimiser step run once for all seeds and its other phases per seed (the seeds'
+        losses are summed: each seed's gradient is its own). Per seed, the log's terms: loss x rows, correct
+        predictions, rows."""
         learners = self.learners
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=False)  # in place: the seeds' gradients are views of these
         replayed = [L.method.replay(b) for L, b in zip(learners, batches)]
         sizes = {None if r is None else len(r.y) for r in replayed}
         if len(sizes) > 1:
@@ -217,13 +267,14 @@ class SeedStack:
         xs = [b.x if r is None else torch.cat([b.x, r.x]) for b, r in zip(batches, replayed)]
         logits = self.model(torch.stack(xs))  # [N, rows, units]
         steps = [Step(b, r, logits[i]) for i, (b, r) in enumerate(zip(batches, replayed))]
-        losses = [L.method.data_loss(st) for L, st in zip(learners, steps)]
+        losses = [L.step_loss(st, L.methods) for L, st in zip(learners, steps)]
         torch.stack(losses).sum().backward()
+        updates = [L.before_update(st, loss, L.methods) for L, st, loss in zip(learners, steps, losses)]
         self.optimizer.step()
         terms = []
-        for L, st, loss in zip(learners, steps, losses):
-            L.method.after_step(st)
-            terms.append((loss.detach() * len(st.batch.y), L.hits(st.new_logits.detach(), st.batch), len(st.batch.y)))
+        for L, st, (logged, frozen) in zip(learners, steps, updates):
+            L.after_update(st, frozen, L.methods)
+            terms.append((logged * len(st.batch.y), L.hits(st.new_logits.detach(), st.batch), len(st.batch.y)))
         return terms
 
 

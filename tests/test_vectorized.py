@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
+from clrun.checkpoint import model_state
+from clrun.methods.base import Method
 from clrun.run import run
 from clrun.vectorized import run_seeds
 from tests.conftest import FAST, clrun_cmd, make_cfg
@@ -21,19 +23,28 @@ def one_thread():
     torch.set_num_threads(threads)  # threads=1 in the configs sets the process's
 
 
-@pytest.mark.parametrize("method", ["er", "der"])  # ER's first step replays nothing: naive's path
-def test_stacked_seeds_write_the_r_each_seed_writes_alone(tmp_path, one_thread, method):
-    """On CPU with one thread the stacked step's matmuls give each seed's numbers exactly: R.csv byte for byte."""
+@pytest.mark.parametrize("overrides", [
+    ["method=er"],  # replay (its first step replays nothing: naive's path)
+    # A-GEM's projection on a reference gradient of the seed's own model, EWC's closed-form gradient added to
+    # the seed's gradient, LwF's distillation penalty through the stacked logits
+    ["method=agem", "+regularizers=[ewc,lwf]"],
+    # DER++'s second forward through the seed's own model, SI's path integral over the seed's gradients
+    ["method=derpp", "+regularizers=[si]", "lam=1"],
+])
+def test_stacked_seeds_write_what_each_seed_writes_alone(tmp_path, one_thread, overrides):
+    """On CPU with one thread the stacked step gives each seed its own numbers exactly: R.csv byte for byte and
+    the final weights bit for bit, whatever hooks its methods use."""
     seeds = [0, 1, 2]
-    cfgs = [make_cfg(*SMALL, f"method={method}", f"seed={s}") for s in seeds]
-    for s, cfg in zip(seeds, cfgs):
-        run(cfg, tmp_path / f"alone{s}")
-    rows, reason = run_seeds([make_cfg(*SMALL, f"method={method}", f"seed={s}") for s in seeds],
+    for s in seeds:
+        run(make_cfg(*SMALL, *overrides, f"seed={s}"), tmp_path / f"alone{s}")
+    rows, reason = run_seeds([make_cfg(*SMALL, *overrides, f"seed={s}") for s in seeds],
                              [tmp_path / f"stacked{s}" for s in seeds], [None] * 3)
     assert reason is None
     assert [r["status"] for r in rows] == ["completed"] * 3 and [r["stacked_seeds"] for r in rows] == [3] * 3
     for s in seeds:
         assert (tmp_path / f"stacked{s}" / "R.csv").read_text() == (tmp_path / f"alone{s}" / "R.csv").read_text()
+        alone, stacked = model_state(tmp_path / f"alone{s}"), model_state(tmp_path / f"stacked{s}")
+        assert all(torch.equal(alone[k], stacked[k]) for k in alone)
         alone = pd.read_csv(tmp_path / f"alone{s}" / "log.csv")
         stacked = pd.read_csv(tmp_path / f"stacked{s}" / "log.csv")
         assert stacked[["task", "kind", "step"]].equals(alone[["task", "kind", "step"]])  # epoch and curve rows
@@ -41,9 +52,9 @@ def test_stacked_seeds_write_the_r_each_seed_writes_alone(tmp_path, one_thread, 
 
 
 @pytest.mark.parametrize(("overrides", "reason"), [
-    (["method=ewc"], "method=ewc has per-step hooks that are not stacked"),
+    (["method=mer"], "method mer routes the forward itself (inner_batches)"),
     (["method=er", "model=cnn", "model.hidden=16"], "model CNN is not made of Linear layers"),
-    (["method=er", "+regularizers=[lwf]"], "regularizers are not stacked"),
+    (["method=er", "check_step=true"], "on_nan=skip and check_step=true are per run"),
 ])
 def test_what_cannot_be_stacked_runs_seed_after_seed_and_says_why(tmp_path, one_thread, overrides, reason):
     cfgs = [make_cfg(*SMALL, "benchmark.n_tasks=2", *overrides, f"seed={s}") for s in (0, 1)]
@@ -54,16 +65,33 @@ def test_what_cannot_be_stacked_runs_seed_after_seed_and_says_why(tmp_path, one_
 
 def test_stacked_launcher_groups_a_sweeps_seeds(tmp_path):
     """hydra/launcher=stacked: the seeds of each configuration train together, each job in its own directory
-    with Hydra's files; a method that cannot stack runs seed after seed with a note; the summary is the sweep's."""
+    with Hydra's files; a method that cannot stack (MER) runs seed after seed with a note; the summary is the
+    sweep's."""
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(clrun_cmd("-m", "hydra/launcher=stacked", *SMALL, "benchmark.n_tasks=2", "method=naive,ewc",
+    proc = subprocess.run(clrun_cmd("-m", "hydra/launcher=stacked", *SMALL, "benchmark.n_tasks=2", "method=naive,mer",
                                     "seed=0,1", f"hydra.sweep.dir={sweep}"),
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "not stacked: method=ewc" in proc.stderr
+    assert "not stacked: method mer routes the forward itself" in proc.stderr
     rows = pd.concat([pd.read_csv(m) for m in sorted(sweep.glob("*/metrics.csv"))])
     assert sorted(zip(rows.method, rows.seed, rows.stacked_seeds)) == [
-        ("ewc", 0, 1), ("ewc", 1, 1), ("naive", 0, 2), ("naive", 1, 2)]
+        ("mer", 0, 1), ("mer", 1, 1), ("naive", 0, 2), ("naive", 1, 2)]
     assert all((d / ".hydra" / "overrides.yaml").exists() for d in sweep.glob("method=*"))
     summary = pd.read_csv(sweep / "summary_by_config.csv")
-    assert sorted(summary.method) == ["ewc", "naive"] and (summary.n == 2).all()
+    assert sorted(summary.method) == ["mer", "naive"] and (summary.n == 2).all()
+
+
+class ReplacesGradients(Method):
+    """Harmless alone (a copy of each gradient in place of it), but it unlinks a stacked seed's gradients."""
+
+    def transform_gradient(self, step) -> None:
+        for p in self.ctx.trainable_parameters():
+            p.grad = p.grad.clone()
+
+
+def test_a_method_that_replaces_gradient_tensors_is_stopped_not_trained_wrongly(tmp_path, one_thread):
+    cfgs = [make_cfg(*SMALL, "benchmark.n_tasks=2", f"method._target_={__name__}.ReplacesGradients", f"seed={s}")
+            for s in (0, 1)]
+    with pytest.raises(RuntimeError, match="replaced a model's parameters or gradient tensors"):
+        run_seeds(cfgs, [tmp_path / "a", tmp_path / "b"], [None] * 2)
+    assert pd.read_csv(tmp_path / "a" / "R.csv").iloc[1:, 1:].isna().all().all()  # no trained task evaluated

@@ -25,7 +25,11 @@ def set_flat_grad(params: list[torch.nn.Parameter], flat: Tensor) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
+        g = flat[offset : offset + n].view_as(p)
+        if p.grad is None:
+            p.grad = g.clone()
+        else:  # in place: the gradient may be a view of a stacked model's (clrun.vectorized)
+            p.grad.copy_(g)
         offset += n
 
 
