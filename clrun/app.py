@@ -112,6 +112,19 @@ def run_stacked(specs: list[JobSpec]) -> list[float | tuple[float, float]]:
     return [objective(row, s.direction) for row, s in zip(rows, specs)]
 
 
+def start_worker() -> None:
+    """A launcher's worker process's first task: import what training needs while the jobs are prepared."""
+    from clrun import vectorized  # noqa: F401
+
+
+def run_stacked_unit(specs: list[JobSpec]) -> tuple[list[float | tuple[float, float]], list[str]]:
+    """:func:`run_stacked` in a worker process (``hydra/launcher=stacked hydra.launcher.n_jobs=N``): the
+    objectives and the jobs' statuses, which the launching process counts."""
+    JOB_STATUSES.clear()
+    values = run_stacked(specs)
+    return values, list(JOB_STATUSES)
+
+
 def _hydra_job(spec: JobSpec) -> float | tuple[float, float]:
     status, row = _run_job(spec.cfg, spec.out_dir, spec.sweep_dir, spec.job_files)
     JOB_STATUSES.append(status)

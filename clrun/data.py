@@ -183,9 +183,13 @@ def load(name: str, root: str | None = None, download: bool = True, seed: int = 
     env = os.environ.get("CLRUN_DATA")
     named = f"data.root={root}" if root else f"CLRUN_DATA={env}" if env else None
     root = root or default_root()
-    key = (name, str(Path(root).resolve()), download, seed, normalize)
+    # the seed picks only the embedded sample's split: the full data is one entry for every seed (a sweep's
+    # seeds in one process, stacked or one after another, load and normalise it once)
+    key = (name, str(Path(root).resolve()), download, normalize)
     if key in _CACHE:
         return _CACHE[key]
+    if key + (seed,) in _CACHE:
+        return _CACHE[key + (seed,)]
     if Path(root).exists() and not Path(root).is_dir():
         raise DatasetError(f"data.root={root} is not a directory")
     if named and name in _EXPECTED_FILES and not Path(root).is_dir():
@@ -222,6 +226,7 @@ def load(name: str, root: str | None = None, download: bool = True, seed: int = 
             "to a directory holding MNIST/raw for the full dataset."
         )
         ds = _embedded_mnist(seed, normalize)
+        key += (seed,)
     _CACHE[key] = ds
     return ds
 

@@ -388,15 +388,16 @@ class _Objective(Method):
 
 class _Interval:
     """Loss and accuracy summed on the device over a stretch of steps: an epoch, or the steps since the last
-    curve row (log_every)."""
+    curve row (log_every). With ``seeds``, one sum per stacked seed (clrun.vectorized): [seeds] tensors."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, seeds: int | None = None):
         self.device = device
+        self.shape = () if seeds is None else (seeds,)
         self.reset()
 
     def reset(self) -> None:
-        self.loss = torch.zeros((), device=self.device)
-        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.loss = torch.zeros(self.shape, device=self.device)
+        self.correct = torch.zeros(self.shape, device=self.device, dtype=torch.long)
         self.seen, self.steps, self.skipped, self.t0 = 0, 0, 0, time.perf_counter()
 
     def add(self, weighted_loss: Tensor, hits: Tensor, n: int) -> None:
@@ -407,10 +408,20 @@ class _Interval:
 
     def row(self, task_id: int, epoch: int, step: int, kind: str = "interval") -> dict:
         """A log.csv row; with no step kept (all skipped), no loss or accuracy to log."""
-        seen = self.seen
-        row = {"task": task_id + 1, "epoch": epoch + 1, "kind": kind, "step": step, "steps": self.steps,
-               "loss": float(self.loss) / seen if seen else math.nan,
-               "train_acc": int(self.correct) / seen if seen else math.nan,
-               "seconds": time.perf_counter() - self.t0, "skipped_steps": self.skipped}
+        row = self._row(self.loss, self.correct, task_id, epoch, step, kind)
         self.reset()
         return row
+
+    def rows(self, task_id: int, epoch: int, step: int, kind: str = "interval") -> list[dict]:
+        """One log.csv row per stacked seed."""
+        rows = [self._row(loss, correct, task_id, epoch, step, kind) for loss, correct in zip(self.loss.cpu(),
+                                                                                            self.correct.cpu())]
+        self.reset()
+        return rows
+
+    def _row(self, loss: Tensor, correct: Tensor, task_id: int, epoch: int, step: int, kind: str) -> dict:
+        seen = self.seen
+        return {"task": task_id + 1, "epoch": epoch + 1, "kind": kind, "step": step, "steps": self.steps,
+                "loss": float(loss) / seen if seen else math.nan,
+                "train_acc": int(correct) / seen if seen else math.nan,
+                "seconds": time.perf_counter() - self.t0, "skipped_steps": self.skipped}

@@ -104,6 +104,9 @@ class TrainTask:
     iters: int | None
     progress: Callable
     on_log_row: Callable[[dict], None]
+    # the seconds the task's training took, where a driver trains several runs' tasks at once (the stack's time,
+    # not the time until this run is resumed); None: the time from the request to the run's resumption
+    seconds: float | None = None
 
     def train_alone(self) -> None:
         self.learner.train_task(self.task, self.epochs, self.iters, progress=self.progress,
@@ -262,10 +265,11 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
                 bars: list[tqdm] = []
                 progress = _progress_bar(f"task {t + 1}/{T} {stream.tasks[t].name}", bool(cfg.quiet), bars)
                 t0 = time.perf_counter()
+                request = TrainTask(learner, t, int(cfg.epochs), cfg.iters, progress, on_log_row)
                 try:
-                    yield TrainTask(learner, t, int(cfg.epochs), cfg.iters, progress, on_log_row)
+                    yield request
                 finally:
-                    clock["train"] += time.perf_counter() - t0
+                    clock["train"] += time.perf_counter() - t0 if request.seconds is None else request.seconds
                     for b in bars:
                         b.close()
                 t0 = time.perf_counter()

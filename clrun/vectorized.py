@@ -21,6 +21,7 @@ a configuration does not, and the launcher then runs its seeds one after the oth
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -217,12 +218,13 @@ class SeedStack:
         for L in learners:
             L.model.train()
         log_every = learners[0].log_every  # a curve row every log_every steps, as each run alone writes it
-        intervals = [_Interval(L.device) for L in learners]
+        device, N = learners[0].device, len(learners)
+        interval = _Interval(device, N)
         step, epoch = 0, 0
         self.model.bind_gradients()  # after before_task: a method's own phase there may have reset them
         while step < total:
             orders = [torch.randperm(n, generator=L.generator).to(L.device) for L in learners]
-            sums = [_Interval(L.device) for L in learners]
+            sums = _Interval(device, N)
             for s in range(0, n, B):
                 if step >= total:
                     break
@@ -233,31 +235,33 @@ class SeedStack:
                            for L, rows, order, one in zip(learners, sets, orders, single)]
                 terms = self._step(batches)
                 step += 1
-                for i, (epoch_sums, interval, q) in enumerate(zip(sums, intervals, requests)):
-                    epoch_sums.add(*terms[i])
-                    if log_every:
-                        interval.add(*terms[i])
-                        if step % log_every == 0 and logging[i] and q.on_log_row:
-                            q.on_log_row(interval.row(t, epoch, step))
+                sums.add(*terms)
+                if log_every:
+                    interval.add(*terms)
+                    if step % log_every == 0:
+                        for row, q, on in zip(interval.rows(t, epoch, step), requests, logging):
+                            if on and q.on_log_row:
+                                q.on_log_row(row)
                 for tick in ticks:
                     tick(1)
-            for i, (L, q) in enumerate(zip(learners, requests)):
+            finite = torch.isfinite(sums.loss).tolist()  # one sync an epoch for all seeds
+            for i, (L, q, row) in enumerate(zip(learners, requests, sums.rows(t, epoch, step, kind="epoch"))):
                 if not logging[i]:
                     continue
-                if not bool(torch.isfinite(sums[i].loss) & L._weights_finite()):
+                if not (finite[i] and bool(L._weights_finite())):
                     outcome[i] = Diverged(f"loss or weights became non-finite in task {t + 1}, epoch {epoch + 1} "
                                           "(on_nan=stop); lower lr or lam")
                     logging[i] = False
                 elif q.on_log_row:
-                    q.on_log_row(sums[i].row(t, epoch, step, kind="epoch"))
+                    q.on_log_row(row)
             epoch += 1
         self.model.check_bound([L.model for L in learners])
 
-    def _step(self, batches: list[Batch]) -> list[tuple[Tensor, Tensor, int]]:
+    def _step(self, batches: list[Batch]) -> tuple[Tensor, Tensor, int]:
         """One optimiser step for every seed: the learner's step (:meth:`~clrun.learner.Learner.step`) with its
         forward, backward and optimiser step run once for all seeds and its other phases per seed (the seeds'
-        losses are summed: each seed's gradient is its own). Per seed, the log's terms: loss x rows, correct
-        predictions, rows."""
+        losses are summed: each seed's gradient is its own). The log's terms: per seed loss x rows and correct
+        predictions ([N] tensors), and the rows of each seed's batch."""
         learners = self.learners
         self.optimizer.zero_grad(set_to_none=False)  # in place: the seeds' gradients are views of these
         replayed = [L.method.replay(b) for L, b in zip(learners, batches)]
@@ -271,11 +275,12 @@ class SeedStack:
         torch.stack(losses).sum().backward()
         updates = [L.before_update(st, loss, L.methods) for L, st, loss in zip(learners, steps, losses)]
         self.optimizer.step()
-        terms = []
-        for L, st, (logged, frozen) in zip(learners, steps, updates):
+        hits = []
+        for L, st, (_, frozen) in zip(learners, steps, updates):
             L.after_update(st, frozen, L.methods)
-            terms.append((logged * len(st.batch.y), L.hits(st.new_logits.detach(), st.batch), len(st.batch.y)))
-        return terms
+            hits.append(L.hits(st.new_logits.detach(), st.batch))
+        rows = len(batches[0].y)
+        return torch.stack([logged for logged, _ in updates]) * rows, torch.stack(hits), rows
 
 
 def run_seeds(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], job_files: Sequence[Mapping[str, str] | None],
@@ -310,7 +315,10 @@ def run_seeds(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], job_files: S
         for L in learners:
             L.stacked_seeds = len(learners)
         while requests:
+            t0 = time.perf_counter()
             errors = stack.train_task([requests.get(i) for i in order])
+            for q in requests.values():  # each run's train_seconds: the stack's time, not its wait to resume
+                q.seconds = time.perf_counter() - t0
             for i, err in zip(order, errors):
                 if i not in requests:
                     continue

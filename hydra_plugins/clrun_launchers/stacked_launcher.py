@@ -1,11 +1,17 @@
 """``hydra/launcher=stacked``: a sweep's jobs that differ only in ``seed`` run as one process's stacked model
 (clrun.vectorized), up to ``max_seeds`` at a time; every other job, and every group that cannot be stacked,
-runs as the basic launcher runs it. Each job keeps its own directory, files and status."""
+runs as the basic launcher runs it. Each job keeps its own directory, files and status.
+
+``n_jobs`` > 1 splits each group into ``n_jobs`` stacks of near-equal size and trains the stacks in that many
+worker processes at once (each with cores / n_jobs torch threads unless ``threads`` is set): on a CPU a
+stack's per-seed hooks run on one core, so two stacks on two cores do twice the work."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
@@ -22,8 +28,10 @@ def seed_group(overrides: Sequence[str]) -> tuple[str, ...]:
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, max_seeds: int = 16) -> None:
-        self.max_seeds = int(max_seeds)
+    def __init__(self, max_seeds: int = 16, n_jobs: int = 1) -> None:
+        if int(max_seeds) < 1 or int(n_jobs) < 1:
+            raise ValueError(f"hydra.launcher.max_seeds={max_seeds} and hydra.launcher.n_jobs={n_jobs} must be >= 1")
+        self.max_seeds, self.n_jobs = int(max_seeds), int(n_jobs)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -41,30 +49,56 @@ class StackedLauncher(Launcher):
         for i, overrides in enumerate(job_overrides):
             groups.setdefault(seed_group(overrides), []).append(i)
         log.info(f"Launching {len(job_overrides)} jobs in {len(groups)} seed groups (at most {self.max_seeds} "
-                 "seeds stacked)")
+                 f"seeds stacked, {self.n_jobs} stacks at a time)")
         returns: list[JobReturn | None] = [None] * len(job_overrides)
+        chunks = []  # the jobs of one stacked model each
         for members in groups.values():
-            for start in range(0, len(members), self.max_seeds):
-                chunk = members[start : start + self.max_seeds]
-                specs: dict[int, object] = {}
-                for i in chunk:
-                    idx = initial_job_idx + i
-                    log.info(f"\t#{idx} : {' '.join(filter_overrides(job_overrides[i]))}")
-                    cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job_overrides[i]))
-                    with open_dict(cfg):
-                        cfg.hydra.job.id = idx
-                        cfg.hydra.job.num = idx
-                    # Hydra's job context (directory, .hydra files, logging) with clrun's checks; the run waits
-                    returns[i] = run_job(hydra_context=self.hydra_context, task_function=app.prepare_job,
-                                         config=cfg, job_dir_key="hydra.sweep.dir",
-                                         job_subdir_key="hydra.sweep.subdir")
-                    specs[i] = returns[i].return_value
-                ready = [i for i in chunk if specs[i] is not None]
-                values = app.run_stacked([specs[i] for i in ready])
-                for i, value in zip(ready, values):
-                    returns[i].return_value = value
-                for i in chunk:
-                    if specs[i] is None:  # refused by its preset: the worst point, as the basic launcher's
-                        returns[i].return_value = app.objective(None, None)
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            size = min(self.max_seeds, -(-len(members) // self.n_jobs))
+            chunks += [members[start : start + size] for start in range(0, len(members), size)]
+        if self.n_jobs == 1:
+            for chunk in chunks:
+                ready, specs = self._prepare(chunk, job_overrides, initial_job_idx, returns)
+                self._finish(returns, ready, app.run_stacked(specs))
+            return returns  # type: ignore[return-value]
+        # spawned, not forked (a forked torch process may hang in its thread pool); the workers start and import
+        # while the jobs are prepared here, and each stack trains as soon as its jobs are ready
+        with ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=get_context("spawn")) as pool:
+            for _ in range(self.n_jobs):
+                pool.submit(app.start_worker)
+            pending = []
+            for chunk in chunks:
+                ready, specs = self._prepare(chunk, job_overrides, initial_job_idx, returns)
+                pending.append((ready, pool.submit(app.run_stacked_unit, specs)))
+            for ready, future in pending:
+                values, statuses = future.result()
+                app.JOB_STATUSES.extend(statuses)  # the sweep's exit code reads them in this process
+                self._finish(returns, ready, values)
         return returns  # type: ignore[return-value]
+
+    def _prepare(self, chunk: list[int], job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+                 returns: list[JobReturn | None]) -> tuple[list[int], list[object]]:
+        """Hydra's job context for each job of ``chunk`` (directory, .hydra files, logging) with clrun's checks;
+        the jobs ready to train and their specs (a job its preset refuses gets the worst objective now)."""
+        from clrun import app
+
+        specs: dict[int, object] = {}
+        for i in chunk:
+            idx = initial_job_idx + i
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(job_overrides[i]))}")
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job_overrides[i]))
+            with open_dict(cfg):
+                cfg.hydra.job.id = idx
+                cfg.hydra.job.num = idx
+            returns[i] = run_job(hydra_context=self.hydra_context, task_function=app.prepare_job, config=cfg,
+                                 job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            specs[i] = returns[i].return_value
+            if specs[i] is None:  # refused by its preset: the worst point, as the basic launcher's
+                returns[i].return_value = app.objective(None, None)
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        ready = [i for i in chunk if specs[i] is not None]
+        return ready, [specs[i] for i in ready]
+
+    @staticmethod
+    def _finish(returns: list[JobReturn | None], ready: list[int], values: list) -> None:
+        for i, value in zip(ready, values):
+            returns[i].return_value = value
