@@ -1,6 +1,7 @@
 """Seeds trained as one stacked model (clrun.vectorized, hydra/launcher=stacked): each seed's run directory holds
 what the seed run alone writes."""
 
+import os
 import subprocess
 
 import pandas as pd
@@ -64,21 +65,24 @@ def test_what_cannot_be_stacked_runs_seed_after_seed_and_says_why(tmp_path, one_
 
 
 def test_stacked_launcher_groups_a_sweeps_seeds(tmp_path):
-    """hydra/launcher=stacked: the seeds of each configuration train together, each job in its own directory
-    with Hydra's files; a method that cannot stack (MER) runs seed after seed with a note; the summary is the
-    sweep's."""
+    """hydra/launcher=stacked with n_jobs=2: the seeds of each configuration train as two stacks in two worker
+    processes with cores / 2 threads each, each job in its own directory with Hydra's files; a group that cannot
+    stack (on_nan=skip) runs seed after seed with a note; the summary is the sweep's."""
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(clrun_cmd("-m", "hydra/launcher=stacked", *SMALL, "benchmark.n_tasks=2", "method=naive,mer",
-                                    "seed=0,1", f"hydra.sweep.dir={sweep}"),
+    proc = subprocess.run(clrun_cmd("-m", "hydra/launcher=stacked", "hydra.launcher.n_jobs=2",
+                                    *[a for a in SMALL if not a.startswith("threads=")], "benchmark.n_tasks=2",
+                                    "on_nan=stop,skip", "seed=0,1,2,3", f"hydra.sweep.dir={sweep}"),
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "not stacked: method mer routes the forward itself" in proc.stderr
-    rows = pd.concat([pd.read_csv(m) for m in sorted(sweep.glob("*/metrics.csv"))])
-    assert sorted(zip(rows.method, rows.seed, rows.stacked_seeds)) == [
-        ("mer", 0, 1), ("mer", 1, 1), ("naive", 0, 2), ("naive", 1, 2)]
-    assert all((d / ".hydra" / "overrides.yaml").exists() for d in sweep.glob("method=*"))
+    assert "not stacked: on_nan=skip and check_step=true are per run" in proc.stderr
+    stacked = {d.name: int(pd.read_csv(d / "metrics.csv").stacked_seeds[0]) for d in sweep.glob("on_nan=*")}
+    assert stacked == {**{f"on_nan=skip,seed={s}": 1 for s in range(4)},
+                       **{f"on_nan=stop,seed={s}": 2 for s in range(4)}}
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert all(f"threads: {threads}" in (d / "config.yaml").read_text() for d in sweep.glob("on_nan=*"))
+    assert all((d / ".hydra" / "overrides.yaml").exists() for d in sweep.glob("on_nan=*"))
     summary = pd.read_csv(sweep / "summary_by_config.csv")
-    assert sorted(summary.method) == ["mer", "naive"] and (summary.n == 2).all()
+    assert len(summary) == 2 and (summary.n == 4).all()
 
 
 class ReplacesGradients(Method):
