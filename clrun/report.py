@@ -15,7 +15,6 @@ import pandas as pd
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-from scipy import stats
 
 from clrun import io, papers
 
@@ -317,6 +316,8 @@ def welch_test(diff: float, se_a: float, df_a: float, se_b: float, df_b: float) 
     side has no spread or fewer than two runs, since then the noise in the difference is unknown."""
     if not (df_a >= 1 and df_b >= 1 and math.isfinite(se_a) and math.isfinite(se_b)) or se_a + se_b == 0:
         return math.nan, math.nan, math.nan
+    from scipy import stats  # imported here: scipy.stats costs every clrun command ~1 s of start-up
+
     var = se_a**2 + se_b**2
     df = var**2 / (se_a**4 / df_a + se_b**4 / df_b)
     t = diff / math.sqrt(var)

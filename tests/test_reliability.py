@@ -16,7 +16,7 @@ from tests.conftest import FAST, clrun_cmd, make_cfg
 from tests.test_data import write_idx
 
 # long enough per task (a few seconds) to be killed in the middle of one
-SLOW_TASKS = [*FAST, "epochs=500", "benchmark.n_tasks=5"]
+SLOW_TASKS = [*FAST, "epochs=250", "benchmark.n_tasks=5"]
 
 
 def _wait_for_tasks(out, n, proc, timeout=120):

@@ -53,7 +53,7 @@ def test_stacked_seeds_write_what_each_seed_writes_alone(tmp_path, one_thread, o
 
 
 @pytest.mark.parametrize(("overrides", "reason"), [
-    (["method=mer"], "method mer routes the forward itself (inner_batches)"),
+    (["method=mer", "iters=2"], "method mer routes the forward itself (inner_batches)"),
     (["method=er", "model=cnn", "model.hidden=16"], "model CNN is not made of Linear layers"),
     (["method=er", "check_step=true"], "on_nan=skip and check_step=true are per run"),
 ])
