@@ -120,6 +120,7 @@ def start_worker() -> None:
 def run_stacked_unit(specs: list[JobSpec]) -> tuple[list[float | tuple[float, float]], list[str]]:
     """:func:`run_stacked` in a worker process (``hydra/launcher=stacked hydra.launcher.n_jobs=N``): the
     objectives and the jobs' statuses, which the launching process counts."""
+    run_mod.handle_stop_signals()  # a Ctrl-C reaches the workers too: their runs stop and write what they have
     JOB_STATUSES.clear()
     values = run_stacked(specs)
     return values, list(JOB_STATUSES)
