@@ -2,7 +2,7 @@
 one stacked model (``hydra/launcher=stacked``) and as one stacked model per core in as many processes
 (``hydra.launcher.n_jobs``), each the whole ``clrun -m ... seed=0,...,N-1`` command.
 
-    CLRUN_DATA=DIR python scripts/speed/seeds.py [--seeds 10] [--protocols der_seq_mnist,permuted_mnist]
+    CLRUN_DATA=DIR python scripts/speed/seeds.py [--seeds 10] [--protocols der_seq_mnist,permuted_mnist,...]
 
 Run it alone: the modes of a protocol run in turn on the same machine, ``--repeats`` times round robin, and
 each keeps its fastest run. Writes results/speed/seeds.csv: wall seconds of the command (the fastest, and every
@@ -29,6 +29,9 @@ PROTOCOLS = {
     "der_seq_mnist": ["paper=der2020/seq_mnist_buffer", "method=er", "buffer=200"],
     # clrun's default permuted MNIST (5 tasks, MLP 400-400, batch 128), naive fine-tuning
     "permuted_mnist": ["benchmark=permuted_mnist", "method=naive"],
+    # the same Seq-MNIST with SI (mammoth's settings): a regulariser whose hooks (closed-form penalty gradient,
+    # clipping, path integral) run per seed in the stack
+    "der_seq_mnist_si": ["paper=der2020/seq_mnist", "method=si"],
 }
 CORES = os.cpu_count() or 1
 MODES = {
@@ -79,6 +82,9 @@ def main() -> None:
     table = pd.DataFrame(rows)
     base = table[table["mode"] == "sequential"].set_index("protocol").wall_s
     table["speedup"] = [base[p] / w if p in base else float("nan") for p, w in zip(table.protocol, table.wall_s)]
+    if OUT.exists():  # the protocols not run this time keep their rows
+        kept = pd.read_csv(OUT)
+        table = pd.concat([kept[~kept.protocol.isin(table.protocol)], table], ignore_index=True)
     table.to_csv(OUT, index=False, float_format="%.4g")
     print(table.to_string(index=False))
 
