@@ -92,17 +92,9 @@ def run_stacked(specs: list[JobSpec]) -> list[float | tuple[float, float]]:
     try:
         rows, reason = vectorized.run_seeds([s.cfg for s in specs], [s.out_dir for s in specs],
                                             [s.job_files for s in specs], specs[0].sweep_dir)
-    except Exception as err:  # as _run_job: a bad command is refused, anything else failed; the sweep goes on
-        refused = isinstance(err, ClrunError)
-        if not refused and os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        if refused:
-            print(f"clrun: error: {err}", file=sys.stderr)
-        else:
-            log.exception("stacked jobs failed; the sweep goes on")
-        for s in specs:
-            _record_failure(s.cfg, s.out_dir, err, s.job_files)
-            JOB_STATUSES.append("refused" if refused else "failed")
+    except Exception as err:  # noqa: BLE001 - a bad command is refused, anything else failed; the sweep goes on
+        status = _sweep_job_error(err, [(s.cfg, s.out_dir, s.job_files) for s in specs])
+        JOB_STATUSES.extend([status] * len(specs))
         return [objective(None, s.direction) for s in specs]
     if reason and reason not in _WARNED:
         _WARNED.add(reason)
@@ -155,24 +147,32 @@ def _run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None,
         return "interrupted", None
     try:
         row = run(cfg, out_dir, job_files=job_files, sweep_dir=sweep_dir)
-    except ClrunError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"clrun: error: {err}", file=sys.stderr)
-        if sweeping:  # one bad job must not stop the sweep; the summary lists it as failed
-            _record_failure(cfg, out_dir, err, job_files)
-            return "refused", None
-        sys.exit(2)
     except Exception as err:
-        if not sweeping or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.exception("job failed; the sweep goes on")
-        _record_failure(cfg, out_dir, err, job_files)
-        return "failed", None
+        if sweeping:  # one bad job must not stop the sweep; the summary lists it
+            return _sweep_job_error(err, [(cfg, out_dir, job_files)]), None
+        if isinstance(err, ClrunError) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            print(f"clrun: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        raise
     if row["status"] != "completed" and not sweeping:
         print(f"clrun: run {row['status']}: {row.get('error', '')}", file=sys.stderr)
         sys.exit(3)
     return str(row["status"]), row
+
+
+def _sweep_job_error(err: Exception, jobs: list[tuple[DictConfig, Path, dict[str, str] | None]]) -> str:
+    """A sweep's job (or stack of jobs) that raised: re-raised with HYDRA_FULL_ERROR=1, else said (a bad command
+    in one line, anything else with its traceback) and recorded in each job's directory; the jobs' status."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    refused = isinstance(err, ClrunError)
+    if refused:
+        print(f"clrun: error: {err}", file=sys.stderr)
+    else:
+        log.exception("job failed; the sweep goes on", exc_info=err)
+    for cfg, out_dir, job_files in jobs:
+        _record_failure(cfg, out_dir, err, job_files)
+    return "refused" if refused else "failed"
 
 
 def unused_settings(cfg: DictConfig, overrides: list[str]) -> list[str]:

@@ -20,6 +20,12 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite (``on_nan=stop``)."""
 
 
+def non_finite(task_id: int, epoch: int) -> Diverged:
+    """The divergence of ``on_nan=stop``: a non-finite loss or weight at the end of an epoch."""
+    return Diverged(f"loss or weights became non-finite in task {task_id + 1}, epoch {epoch + 1} (on_nan=stop); "
+                    "lower lr or lam")
+
+
 class Interrupted(RuntimeError):
     """SIGINT/SIGTERM arrived: the run stops at the next step and writes what it has."""
 
@@ -221,18 +227,27 @@ class Learner:
         """Train task ``task_id`` for ``epochs`` (or exactly ``iters`` steps); returns one log row per epoch.
 
         ``progress(total_steps)`` may return a callable ticked once per step (a progress bar's update)."""
-        self.ctx.current_task = task_id
-        for m in self.methods:
-            m.before_task(task_id)
+        self.start_task(task_id)
         self.make_optimizer()
         for o in self.observers:
             o.before_task(task_id)
         rows = self._epochs(task_id, epochs, iters, progress, on_log_row, "train")
         for o in self.observers:  # the model as trained, before a method's after_task may change it
             o.after_task(task_id)
+        self.finish_task(task_id)
+        return rows
+
+    # a task's lifecycle hooks, shared with clrun.vectorized's stacked training of a task
+    def start_task(self, task_id: int) -> None:
+        """Task ``task_id`` begins: every method's (primary and regularisers') ``before_task``."""
+        self.ctx.current_task = task_id
+        for m in self.methods:
+            m.before_task(task_id)
+
+    def finish_task(self, task_id: int) -> None:
+        """Task ``task_id`` is trained: every method's ``after_task``."""
         for m in self.methods:
             m.after_task(task_id)
-        return rows
 
     def extra_epochs(self, task_id: int, epochs: int) -> None:
         """More epochs of task ``task_id`` with a fresh optimiser (a method's phase: ctx.train); not logged."""
@@ -247,12 +262,12 @@ class Learner:
         tick = progress(total) if progress else None
         rows, step, epoch, skipped_in_task = [], 0, 0, 0
         log_every = self.log_every if phase == "train" else 0
-        interval = _Interval(self.device)  # the curve: a log row every log_every steps
+        interval = Interval(self.device)  # the curve: a log row every log_every steps
         single_task = bool((ids_all == task_id).all())  # once per task, not a host sync per step
         self.model.train()
         while step < total:
             order = torch.randperm(n, generator=self.generator).to(self.device)
-            sums = _Interval(self.device)  # this epoch's loss and accuracy, summed on the device
+            sums = Interval(self.device)  # this epoch's loss and accuracy, summed on the device
             for s in range(0, n, self.batch_size):
                 if step >= total:
                     break
@@ -287,8 +302,7 @@ class Learner:
                 if tick:
                     tick(1)
             if self.on_nan == "stop" and not bool(torch.isfinite(sums.loss) & self._weights_finite()):  # one sync
-                raise Diverged(f"loss or weights became non-finite in task {task_id + 1}, epoch {epoch + 1} "
-                               "(on_nan=stop); lower lr or lam")
+                raise non_finite(task_id, epoch)
             row = sums.row(task_id, epoch, step, kind="epoch")
             rows.append(row)
             if on_log_row:
@@ -386,7 +400,7 @@ class _Objective(Method):
         return self.loss_fn(step.batch.x, step.batch.y)
 
 
-class _Interval:
+class Interval:
     """Loss and accuracy summed on the device over a stretch of steps: an epoch, or the steps since the last
     curve row (log_every). With ``seeds``, one sum per stacked seed (clrun.vectorized): [seeds] tensors."""
 

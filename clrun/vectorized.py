@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from clrun import run as run_mod
-from clrun.learner import Diverged, Interrupted, Learner, _Interval
+from clrun.learner import Interrupted, Interval, Learner, non_finite
 from clrun.methods.base import Batch, Method, Step
 from clrun.models import Backbone
 from clrun.run import TrainTask
@@ -107,8 +107,8 @@ class StackedLinearStack(nn.Module):
     def __init__(self, models: Sequence[nn.Module]):
         super().__init__()
         per_seed = [_layers(m) for m in models]
-        # ("flatten", None, None) | ("linear", weight index, bias index or None) | ("act", module, None)
-        self.ops: list[tuple[str, object, int | None]] = []
+        # ("flatten", None, None) | ("linear", stacked weight, stacked bias or None) | ("act", module, None)
+        self.ops: list[tuple[str, object, object]] = []
         self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         # per seed, (its own parameter, the stacked parameter it is slice k of)
         self.slices: list[list[tuple[nn.Parameter, nn.Parameter]]] = [[] for _ in models]
@@ -132,7 +132,7 @@ class StackedLinearStack(nn.Module):
                     if b is not None:
                         own.bias = nn.Parameter(b.data[k], requires_grad=own.bias.requires_grad)
                         self.slices[k].append((own.bias, b))
-                self.ops.append(("linear", len(self.weights) - 1, None if b is None else len(self.biases) - 1))
+                self.ops.append(("linear", w, b))
             else:
                 self.ops.append(("act", layer, None))
 
@@ -143,7 +143,7 @@ class StackedLinearStack(nn.Module):
             if kind == "flatten":
                 h = h.flatten(2)
             elif kind == "linear":
-                h = _StackedLinear.apply(h, self.weights[op], None if bias is None else self.biases[bias])
+                h = _StackedLinear.apply(h, op, bias)
             else:
                 h = op(h)
         return h
@@ -187,9 +187,7 @@ class SeedStack:
         t = first.task
         outcome: list[BaseException | None] = [None] * len(learners)
         for L in learners:
-            L.ctx.current_task = t
-            for m in L.methods:
-                m.before_task(t)
+            L.start_task(t)
         if self.optimizer is None or learners[0].reset_optimizer:
             self.optimizer = learners[0].optimizer_factory(list(self.model.parameters()))
         try:
@@ -198,8 +196,7 @@ class SeedStack:
             return [err] * len(learners)
         for L, q, err in zip(learners, requests, outcome):
             if q is not None and err is None:
-                for m in L.methods:
-                    m.after_task(t)
+                L.finish_task(t)
         return outcome
 
     def _epochs(self, requests: Sequence[TrainTask | None], first: TrainTask,
@@ -219,12 +216,12 @@ class SeedStack:
             L.model.train()
         log_every = learners[0].log_every  # a curve row every log_every steps, as each run alone writes it
         device, N = learners[0].device, len(learners)
-        interval = _Interval(device, N)
+        interval = Interval(device, N)
         step, epoch = 0, 0
         self.model.bind_gradients()  # after before_task: a method's own phase there may have reset them
         while step < total:
             orders = [torch.randperm(n, generator=L.generator).to(L.device) for L in learners]
-            sums = _Interval(device, N)
+            sums = Interval(device, N)
             for s in range(0, n, B):
                 if step >= total:
                     break
@@ -249,8 +246,7 @@ class SeedStack:
                 if not logging[i]:
                     continue
                 if not (finite[i] and bool(L._weights_finite())):
-                    outcome[i] = Diverged(f"loss or weights became non-finite in task {t + 1}, epoch {epoch + 1} "
-                                          "(on_nan=stop); lower lr or lam")
+                    outcome[i] = non_finite(t, epoch)
                     logging[i] = False
                 elif q.on_log_row:
                     q.on_log_row(row)
