@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from clrun import io, papers
 from clrun import run as run_mod
 from clrun.errors import ClrunError
+from clrun.metrics import LOWER_IS_BETTER
 from clrun.report import SweepSummary
 from clrun.run import run
 
@@ -128,10 +129,13 @@ def objective(row: dict | None, direction) -> float | tuple[float, float]:
     """What an optimising sweeper reads: ACC; with two directions (``hydra/sweeper=optuna
     'hydra.sweeper.direction=[maximize,minimize]'``), (ACC, forgetting) for a Pareto front. A job that did not
     complete (diverged, failed) is the worst point, ACC 0 and forgetting 1: the study steers away from it and
-    goes on (the Optuna sweeper stops on a NaN), while the job's own CSVs say what happened."""
+    goes on (the Optuna sweeper stops on a NaN), while the job's own CSVs say what happened. On a regression
+    stream ACC is the mean squared error (minimise it): a job that did not complete there gets 1e30 for both."""
     done = row is not None and row.get("status") == "completed"
-    acc = float(row["ACC"]) if done else 0.0
-    fgt = float(row["forgetting"]) if done else 1.0
+    error = row is not None and row.get("measure") in LOWER_IS_BETTER
+    worst_acc, worst_fgt = (1e30, 1e30) if error else (0.0, 1.0)
+    acc = float(row["ACC"]) if done else worst_acc
+    fgt = float(row["forgetting"]) if done else worst_fgt
     two = direction is not None and not isinstance(direction, str) and len(direction) == 2
     return (acc, fgt) if two else acc
 

@@ -78,10 +78,10 @@ class ReplayBuffer:
         self.generator = torch.Generator()
         self.generator.set_state(gen_state)
 
-    def _allocate(self, x: Tensor, logits: Tensor | None) -> None:
+    def _allocate(self, x: Tensor, y: Tensor, logits: Tensor | None) -> None:
         n = self.capacity
         self.x = torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=self.device)
-        self.y = torch.empty(n, dtype=torch.long, device=self.device)
+        self.y = torch.empty(n, dtype=y.dtype, device=self.device)  # labels, or a regression stream's values
         self.task_ids = torch.empty(n, dtype=torch.long, device=self.device)
         if logits is not None:
             self.logits = torch.empty((n, *logits.shape[1:]), dtype=logits.dtype, device=self.device)
@@ -90,7 +90,7 @@ class ReplayBuffer:
     @torch.no_grad()
     def add(self, x: Tensor, y: Tensor, task_ids: Tensor, logits: Tensor | None = None) -> None:
         if self.x is None:
-            self._allocate(x, logits)
+            self._allocate(x, y, logits)
         if self.policy == "reservoir":
             self._reservoir_add(x, y, task_ids, logits)
         else:

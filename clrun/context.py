@@ -9,7 +9,6 @@ from typing import Protocol
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from clrun.buffer import per_class_first
@@ -116,8 +115,9 @@ class Context:
         return out
 
     def ce(self, logits: Tensor, y: Tensor, task_ids: Tensor, upto: int) -> Tensor:
-        """Cross-entropy over each sample's candidate units (the primary method's ``train_units``, if set)."""
-        return F.cross_entropy(self.scenario.train_masked(logits, task_ids, upto, self.train_units), y)
+        """The data loss: cross-entropy over each sample's candidate units (the primary method's
+        ``train_units``, if set); on a regression stream, the squared error at each sample's output unit."""
+        return self.scenario.loss(logits, y, task_ids, upto, self.train_units)
 
     def train_candidates(self, task_ids: Tensor, upto: int) -> Tensor:
         """Bool [B, n_outputs]: the units the training loss spans for each sample (what importance estimates

@@ -15,7 +15,7 @@ R_FILE, METRICS_FILE, LOG_FILE = "R.csv", "metrics.csv", "log.csv"
 
 METRICS_COLUMNS = [
     "benchmark", "scenario", "method", "regularizers", "lam", "buffer", "seed", "n_tasks", "data_source",
-    "eval_split", "status", "tasks_done", "ACC", "forgetting", "BWT", "FWT", "learning_accuracy",
+    "eval_split", "measure", "status", "tasks_done", "ACC", "forgetting", "BWT", "FWT", "learning_accuracy",
     "wall_seconds", "train_seconds", "eval_seconds", "peak_rss_mb", "parameters", "buffer_bytes", "error",
     "device", "clrun_version",
 ]

@@ -59,6 +59,11 @@ class Learner:
         self.regularizers = list(regularizers)
         self.methods = [method, *self.regularizers]
         for m in self.methods:
+            if stream.measure not in m.measures:
+                why = ("it is built for regression streams (benchmark=sine)" if stream.measure == "accuracy" else
+                       "its loss or importance needs class probabilities; on a regression stream use naive, joint, "
+                       "er, der or oml")
+                raise ConfigError(f"method {m.name} does not support the {stream.measure} stream {stream.name}: {why}")
             if scenario.name not in m.scenarios:
                 raise ConfigError(
                     f"method {m.name} does not support scenario={scenario.name}; "
@@ -322,8 +327,9 @@ class Learner:
         return Batch(x, y_all[idx], ids, task_id)
 
     def hits(self, logits: Tensor, batch: Batch) -> Tensor:
-        """Correct predictions among ``batch``'s rows (a 0-d tensor on the device: no host sync)."""
-        return (self.scenario.masked(logits, batch.task_ids, batch.task).argmax(1) == batch.y).sum()
+        """The measure summed over ``batch``'s rows: correct predictions, or squared errors on a regression stream
+        (a 0-d tensor on the device: no host sync)."""
+        return self.scenario.score(self.scenario.masked(logits, batch.task_ids, batch.task), batch.y, batch.task_ids)
 
     def _train_on(self, batch: Batch, phase: str) -> tuple[Tensor, Tensor, int]:
         """One step on an incoming batch, or one per batch the primary's ``inner_batches`` yields; returns the
@@ -336,7 +342,7 @@ class Learner:
             weighted, hits = (w, h) if weighted is None else (weighted + w, hits + h)
             n_rows += len(b.y)
         if weighted is None:  # nothing was yielded: no step taken
-            weighted, hits = torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long)
+            weighted, hits = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         return weighted, hits, n_rows
 
     def _weights_finite(self) -> Tensor:
@@ -366,17 +372,19 @@ class Learner:
     # ---- evaluation
     @torch.inference_mode()
     def evaluate(self, task_id: int, upto: int) -> float:
-        """Accuracy on task ``task_id``'s evaluation split, with class-IL candidates of tasks 0..upto."""
+        """Accuracy (or a regression stream's mean squared error) on task ``task_id``'s evaluation split, with
+        class-IL candidates of tasks 0..upto."""
         task = self.stream.tasks[task_id]
         was_training = self.model.training
         self.model.eval()
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
         for s in range(0, len(task.eval_y), self.eval_batch_size):
             x = task.inputs(task.eval_x[s : s + self.eval_batch_size])
             y = self.scenario.targets(task.eval_y[s : s + self.eval_batch_size], task_id)
-            correct += (self.method.predict(x, task_id, upto).argmax(1) == y).sum()
+            ids = torch.full((len(y),), task_id, dtype=torch.long, device=self.device)
+            total += self.scenario.score(self.method.predict(x, task_id, upto), y, ids)
         self.model.train(was_training)
-        return int(correct) / len(task.eval_y)
+        return float(total) / len(task.eval_y)
 
     def evaluate_all(self, trained_upto: int) -> list[float]:
         """One row of R: every task, seen or not (task j competes with the classes of tasks 0..max(i, j))."""
@@ -411,7 +419,8 @@ class Interval:
 
     def reset(self) -> None:
         self.loss = torch.zeros(self.shape, device=self.device)
-        self.correct = torch.zeros(self.shape, device=self.device, dtype=torch.long)
+        # float64: exact for counts of correct predictions, and a regression stream's sums of squared errors
+        self.correct = torch.zeros(self.shape, device=self.device, dtype=torch.float64)
         self.seen, self.steps, self.skipped, self.t0 = 0, 0, 0, time.perf_counter()
 
     def add(self, weighted_loss: Tensor, hits: Tensor, n: int) -> None:
@@ -437,5 +446,5 @@ class Interval:
         seen = self.seen
         return {"task": task_id + 1, "epoch": epoch + 1, "kind": kind, "step": step, "steps": self.steps,
                 "loss": float(loss) / seen if seen else math.nan,
-                "train_acc": int(correct) / seen if seen else math.nan,
+                "train_acc": float(correct) / seen if seen else math.nan,
                 "seconds": time.perf_counter() - self.t0, "skipped_steps": self.skipped}

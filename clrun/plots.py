@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from clrun import io  # noqa: E402
+from clrun.metrics import LOWER_IS_BETTER  # noqa: E402
 from clrun.report import BY_CONFIG_FILE, OVERRIDE_PREFIX, STATUS_COUNTS, varying, write_summaries  # noqa: E402
 
 
@@ -27,6 +28,21 @@ def _run_title(run_dir: Path) -> str:
         data = f", data: {m['data_source']}" if str(m.get("data_source")) == "embedded-5k" else ""
         return f"{m['method']}{reg} on {m['benchmark']} ({m['scenario']}), seed {m['seed']}{data}"
     return run_dir.name
+
+
+def _measure(run_dir: Path) -> str:
+    """What the run's R holds (metrics.csv's measure): accuracy, or mse for a regression stream."""
+    f = run_dir / io.METRICS_FILE
+    measure = pd.read_csv(f).iloc[0].get("measure") if f.exists() else None
+    return measure if isinstance(measure, str) else "accuracy"
+
+
+MEASURE_LABELS = {"accuracy": "accuracy", "mse": "mean squared error"}
+
+
+def _lower(by_cfg: pd.DataFrame) -> bool:
+    """Whether a sweep's ACC is an error (every run on a regression stream): its axes are then not [0, 1]."""
+    return "measure" in by_cfg and by_cfg["measure"].isin(LOWER_IS_BETTER).all() and len(by_cfg) > 0
 
 
 def _save(fig, path: Path) -> Path:
@@ -47,13 +63,17 @@ def figure_R(run_dir: str | Path):
     R = pd.read_csv(run_dir / io.R_FILE, index_col=0)
     M = R.to_numpy(dtype=float)
     T = M.shape[1]
+    measure = _measure(run_dir)
+    lower = measure in LOWER_IS_BETTER  # an error: dark is high, the scale is the run's own
+    top = float(np.nanmax(M)) if lower and np.isfinite(M).any() else 1.0
     fig, ax = plt.subplots(figsize=(1.1 * T + 3.2, 0.8 * (T + 1) + 1.6))
-    im = ax.imshow(M, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    im = ax.imshow(M, cmap="viridis_r" if lower else "viridis", vmin=0, vmax=top, aspect="auto")
     for i in range(T + 1):
         for j in range(T):
             if not np.isnan(M[i, j]):
+                dark = M[i, j] > 0.4 * top if lower else M[i, j] < 0.6
                 ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=9,
-                        color="white" if M[i, j] < 0.6 else "black")
+                        color="white" if dark else "black")
 
     def box(i, j, color, style):
         ax.add_patch(mpatches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=color, lw=2.2, ls=style))
@@ -69,12 +89,12 @@ def figure_R(run_dir: str | Path):
     ax.set_yticks(range(T + 1), R.index)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("model after")
-    ax.set_title(f"Accuracy matrix R: {_run_title(run_dir)}", fontsize=10)
+    ax.set_title(f"{'Error' if lower else 'Accuracy'} matrix R: {_run_title(run_dir)}", fontsize=10)
     handles = [mpatches.Patch(fill=False, edgecolor=c, ls=s, lw=2, label=lbl) for c, s, lbl in
                [("gray", "-", "just learned (R_jj)"), ("tab:orange", "--", "FWT: before training (vs init)"),
                 ("tab:red", "--", "BWT: after the last task")]]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
-    fig.colorbar(im, ax=ax, label="accuracy")
+    fig.colorbar(im, ax=ax, label=MEASURE_LABELS.get(measure, measure))
     return fig
 
 
@@ -94,10 +114,13 @@ def figure_task_curves(run_dir: str | Path):
         ax.axvline(j + 1, color="gray", lw=0.4, alpha=0.4)
     ax.set_xticks(x, ["init"] + [str(i) for i in range(1, T + 1)])
     ax.set_xlabel("tasks trained")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"Accuracy of each task over the stream\n{_run_title(run_dir)}", fontsize=10)
-    ax.legend(fontsize=8, ncol=2 if T > 6 else 1, loc="lower left")
+    measure = _measure(run_dir)
+    label = MEASURE_LABELS.get(measure, measure)
+    ax.set_ylabel(label)
+    if measure not in LOWER_IS_BETTER:
+        ax.set_ylim(0, 1.02)
+    ax.set_title(f"{label.capitalize()} of each task over the stream\n{_run_title(run_dir)}", fontsize=10)
+    ax.legend(fontsize=8, ncol=2 if T > 6 else 1, loc="upper left" if measure in LOWER_IS_BETTER else "lower left")
     return fig
 
 
@@ -119,7 +142,8 @@ def figure_loss(run_dir: str | Path):
     offsets = log.groupby("task")["step"].max().cumsum().shift(fill_value=0)
     x = log["step"] + log["task"].map(offsets)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, column, label in ((ax1, "loss", "training loss"), (ax2, "train_acc", "running training accuracy")):
+    running = f"running training {MEASURE_LABELS.get(_measure(run_dir), 'accuracy')}"
+    for ax, column, label in ((ax1, "loss", "training loss"), (ax2, "train_acc", running)):
         for t, rows in log.groupby("task"):
             ax.plot(x[rows.index], rows[column], lw=1.2, marker="." if len(rows) < 30 else None, label=f"task {t}")
         for off in offsets:
@@ -129,7 +153,7 @@ def figure_loss(run_dir: str | Path):
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     ax1.set_title("Training loss across the stream", fontsize=10)
-    ax2.set_title("Running training accuracy", fontsize=10)
+    ax2.set_title(running.capitalize(), fontsize=10)
     ax1.legend(fontsize=8, ncol=2 if len(offsets) > 6 else 1)
     fig.suptitle(_run_title(run_dir), fontsize=9)
     return fig
@@ -272,7 +296,7 @@ def figure_vs(by_cfg: pd.DataFrame, key: str, metrics: tuple[str, ...], log_x: b
         for _, grp in data.groupby(lines, sort=True):
             grp = grp.sort_values(key)
             mean, ci = grp[f"{metric}_mean"], grp[f"{metric}_ci95"].where(grp["n"] >= 2, 0).fillna(0)
-            if metric in ("ACC", "forgetting"):  # an interval past [0, 1] says nothing more; keep the axis readable
+            if metric in ("ACC", "forgetting") and not _lower(by_cfg):  # past [0, 1] says nothing more
                 yerr = [np.minimum(ci, mean - min(0.0, mean.min())), np.minimum(ci, 1.0 - mean)]
             else:
                 yerr = ci
@@ -286,7 +310,7 @@ def figure_vs(by_cfg: pd.DataFrame, key: str, metrics: tuple[str, ...], log_x: b
         if log_x:
             ax.set_xscale("log")
         ax.set_xlabel(key + (" (log scale)" if log_x else " (samples)"))
-        ax.set_ylabel(f"{metric} (mean over seeds)")
+        ax.set_ylabel(f"{metric} (mean over seeds{'; MSE: lower is better' if _lower(by_cfg) else ''})")
         ax.set_title(f"{metric} vs {key} (95% CI where n >= 2)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -316,9 +340,11 @@ def figure_methods(by_cfg: pd.DataFrame):
             ax.errorbar(mean[pooled], y[pooled], xerr=ci[pooled], fmt="none", ecolor="black", capsize=3)
         for i in np.flatnonzero(mean.isna().to_numpy()):
             ax.text(0.01, y[i], "no completed run", va="center", fontsize=8, color="black")
-        ax.set_xlabel(f"{metric} (mean over seeds; 95% CI where n >= 2)")
+        lower = _lower(by_cfg)
+        ax.set_xlabel(f"{metric} (mean over seeds; 95% CI where n >= 2{'; MSE: lower is better' if lower else ''})")
         low = float(mean.min()) if mean.notna().any() else 0.0
-        ax.set_xlim(min(0.0, low - 0.05), 1.0)  # CI beyond [0, 1] is clipped
+        high = float((mean + ci).max()) * 1.05 if lower and mean.notna().any() else 1.0  # an error has no ceiling
+        ax.set_xlim(min(0.0, low - 0.05), high)  # accuracy: CI beyond [0, 1] is clipped
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, labels, fontsize=8)
     for tick, (_, r) in zip(axes[0].get_yticklabels(), by_cfg.iterrows()):

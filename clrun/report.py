@@ -17,13 +17,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from clrun import io, papers
+from clrun.metrics import LOWER_IS_BETTER
 
 SUMMARY_FILE, BY_CONFIG_FILE, SELECTION_FILE = "summary.csv", "summary_by_config.csv", "selection.csv"
 COMPARE_FILE = "compare_paper.csv"
 METRICS = ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy", "wall_seconds", "train_seconds", "peak_rss_mb",
            "parameters", "buffer_bytes"]
 # what identifies a configuration when seeds are pooled
-CONFIG_KEYS = ["benchmark", "scenario", "method", "regularizers", "lam", "buffer", "n_tasks", "data_source",
+CONFIG_KEYS = ["benchmark", "measure", "scenario", "method", "regularizers", "lam", "buffer", "n_tasks", "data_source",
                "overrides_no_seed"]
 # overrides that change no result: not a column of the configuration
 NOT_SETTINGS = ("quiet", "plots", "resume", "log_every", "logger")
@@ -167,16 +168,25 @@ def table(by_cfg: pd.DataFrame, keys: list[str] | None = None) -> str:
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-") + note
 
 
+def goodness(frame: pd.DataFrame, column: str = "ACC_mean") -> pd.Series:
+    """``column`` (an ACC) signed so that larger is better: negated where the run's measure is an error (MSE)."""
+    if "measure" not in frame.columns:
+        return frame[column]
+    return frame[column].where(~frame["measure"].isin(LOWER_IS_BETTER), -frame[column])
+
+
 def select(by_cfg: pd.DataFrame, max_forgetting: float) -> pd.DataFrame:
-    """Per method, the configuration with the best mean ACC whose mean forgetting is within the tolerance
-    (the reference text's FAQ rule for choosing lam)."""
+    """Per method, the configuration with the best mean ACC (the lowest, for an error measure such as a
+    regression stream's MSE) whose mean forgetting is within the tolerance (the reference text's FAQ rule for
+    choosing lam)."""
     ok = by_cfg[by_cfg["forgetting_mean"] <= max_forgetting]
     if ok.empty:
         return ok
+    ok = ok.assign(_goodness=goodness(ok))
     # one choice per method and per anything else the sweep varied (scenario, benchmark, ...), never per lam
     per = [k for k in varying(by_cfg) if k not in ("lam", OVERRIDE_PREFIX + "lam", OVERRIDE_PREFIX + "method.lam")]
-    best = ok.loc[ok.groupby(per or ["method"])["ACC_mean"].idxmax()]
-    return best.sort_values("ACC_mean", ascending=False).reset_index(drop=True)
+    best = ok.loc[ok.groupby(per or ["method"])["_goodness"].idxmax()]
+    return best.sort_values("_goodness", ascending=False).drop(columns="_goodness").reset_index(drop=True)
 
 
 OPTUNA_FILE = "optimization_results.yaml"

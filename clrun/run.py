@@ -28,7 +28,7 @@ from clrun import checks, io, papers, tracking
 from clrun.diagnostics import Diagnostics
 from clrun.errors import ConfigError, ResumeMismatch
 from clrun.learner import Diverged, Interrupted, Learner
-from clrun.metrics import all_metrics
+from clrun.metrics import LOWER_IS_BETTER, all_metrics
 from clrun.streams import Scenario
 
 log = logging.getLogger("clrun")
@@ -216,13 +216,14 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
         "regularizers": "+".join(r.name for r in regularizers),
         "lam": _first_attr([method, *regularizers], "lam"), "buffer": _first_attr([method], "buffer_size"),
         "seed": int(cfg.seed), "n_tasks": T, "data_source": stream.data_source, "eval_split": stream.eval_split,
+        "measure": stream.measure,
         "device": device_label(device), "clrun_version": clrun.__version__,
     }
     clock = {"train": 0.0, "eval": 0.0, "wall": 0.0}
     start_task = 0
 
     def metrics_row(status: str, tasks_done: int) -> dict:
-        done = all_metrics(R) if tasks_done == T else dict.fromkeys(
+        done = all_metrics(R, stream.measure in LOWER_IS_BETTER) if tasks_done == T else dict.fromkeys(
             ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy"], math.nan)
         return {**base_row, "status": status, "tasks_done": tasks_done, **done,
                 "wall_seconds": clock["wall"] + time.perf_counter() - t_start, "train_seconds": clock["train"],
@@ -287,7 +288,7 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
                 row = metrics_row("completed" if t == T - 1 else "running", t + 1)
                 io.write_metrics(out_dir, row)
                 if not cfg.quiet:
-                    log.info("after task %d/%d: mean accuracy on seen tasks %.4f", t + 1, T,
+                    log.info("after task %d/%d: mean %s on seen tasks %.4f", t + 1, T, stream.measure,
                              np.mean(R[t + 1, : t + 1]))
         except (Diverged, Interrupted) as err:  # the rows so far stay; the run says why it stopped
             status = "diverged" if isinstance(err, Diverged) else "interrupted"
@@ -319,6 +320,8 @@ def final_line(row: dict, out_dir: Path) -> str:
     """``ACC=0.8123  forgetting=0.0912  BWT=-0.0912  FWT=0.0021  outputs/...`` (or how the run stopped)."""
     if row["status"] == "completed":
         result = "  ".join(f"{k}={row[k]:.4f}" for k in ["ACC", "forgetting", "BWT", "FWT"])
+        if row.get("measure") in LOWER_IS_BETTER:  # ACC is then the mean error on every task
+            result = f"measure={row['measure']}  {result}"
     else:
         result = f"status={row['status']} after {row['tasks_done']}/{row['n_tasks']} tasks"
     return f"{result}  {out_dir}"

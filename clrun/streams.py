@@ -7,6 +7,9 @@ local labels to output units and says which units compete at train and test time
   is one head per task); the task id selects them.
 * ``domain_il``: one head of k units shared by every task; no task id.
 * ``class_il`` : tasks get disjoint units; the candidates are all units of the tasks seen so far.
+
+A stream's ``measure`` says what R holds: ``accuracy`` (classification, higher is better) or ``mse`` (regression,
+lower is better: each task is one real-valued output unit, its own under task_il, one shared under domain_il).
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ SCENARIOS = ("task_il", "domain_il", "class_il")
 class Task:
     id: int
     name: str
-    classes: list[int]  # dataset labels taught by this task, in local-label order
+    classes: list[int]  # dataset labels taught by this task, in local-label order (none for regression)
     train_x: Tensor
-    train_y: Tensor  # local labels
+    train_y: Tensor  # local labels, or real-valued targets on a regression stream
     eval_x: Tensor  # the split R is measured on (test, or validation when val_fraction > 0)
     eval_y: Tensor
     perm: Tensor | None = None  # pixel permutation applied per batch (permuted MNIST), never materialised
@@ -56,6 +59,11 @@ class Stream:
     data_source: str
     eval_split: str = "test"
     meta: dict = field(default_factory=dict)
+    measure: str = "accuracy"  # one of clrun.metrics.MEASURES
+
+    @property
+    def regression(self) -> bool:
+        return self.measure == "mse"
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -88,9 +96,13 @@ class Scenario:
             raise ConfigError(f"scenario.train_units={train_units!r} is not allowed for {name}: class_il takes "
                               "'seen' (the loss spans the classes seen so far) or 'all' (the whole head, as in "
                               "mammoth); other scenarios take 'seen'")
+        self.regression = stream.regression
+        if self.regression and name == "class_il":
+            raise ConfigError(f"scenario=class_il needs classes to compete; the regression stream {stream.name} "
+                              "takes domain_il (one output shared by every task) or task_il (an output per task)")
         self.name = name
         self.train_units = train_units
-        sizes = [t.n_classes for t in stream.tasks]
+        sizes = [1 if self.regression else t.n_classes for t in stream.tasks]
         if name == "domain_il":
             self.offsets = [0] * len(sizes)
             self.n_outputs = max(sizes)
@@ -102,6 +114,7 @@ class Scenario:
             units[i, off : off + k] = True
         self.task_units = units  # [T, n_outputs]: the units that task i's labels live on
         self.seen_units = units.cumsum(0).bool()  # [T, n_outputs]: units of tasks 0..i
+        self.first_unit = torch.as_tensor(self.offsets)  # [T]: a regression task's one output unit
 
     @property
     def uses_task_id(self) -> bool:
@@ -109,11 +122,12 @@ class Scenario:
 
     def to(self, device: torch.device) -> Scenario:
         self.task_units, self.seen_units = self.task_units.to(device), self.seen_units.to(device)
+        self.first_unit = self.first_unit.to(device)
         return self
 
     def targets(self, local_y: Tensor, task_ids: Tensor | int) -> Tensor:
-        """Output-unit targets for local labels of the given task(s)."""
-        if self.name == "domain_il":
+        """Output-unit targets for local labels of the given task(s) (a regression stream's values as they are)."""
+        if self.name == "domain_il" or self.regression:
             return local_y
         offsets = torch.as_tensor(self.offsets, device=local_y.device)
         return local_y + offsets[task_ids]
@@ -147,6 +161,24 @@ class Scenario:
         (not-yet-seen classes are pushed down from the first task, as in mammoth). ``units`` overrides
         ``train_units`` (a method whose published code spans other units than the protocol's)."""
         return logits if (units or self.train_units) == "all" else self.masked(logits, task_ids, upto)
+
+    def values(self, outputs: Tensor, task_ids: Tensor) -> Tensor:
+        """A regression stream's predictions: each sample's value on its task's output unit, [B]."""
+        return outputs.gather(1, self.first_unit[task_ids].unsqueeze(1)).squeeze(1)
+
+    def loss(self, logits: Tensor, y: Tensor, task_ids: Tensor, upto: int, units: str | None = None) -> Tensor:
+        """The data loss: cross-entropy over the candidates of :meth:`train_masked`, or on a regression stream
+        the mean squared error of :meth:`values`."""
+        if self.regression:
+            return F.mse_loss(self.values(logits, task_ids), y)
+        return F.cross_entropy(self.train_masked(logits, task_ids, upto, units), y)
+
+    def score(self, scores: Tensor, y: Tensor, task_ids: Tensor) -> Tensor:
+        """The measure summed over a batch (0-d, on the device): correct predictions (``scores`` already masked),
+        or on a regression stream the squared errors."""
+        if self.regression:
+            return (self.values(scores, task_ids) - y).square().sum()
+        return (scores.argmax(1) == y).sum()
 
     def train_candidates(self, task_ids: Tensor, upto: int, units: str | None = None) -> Tensor:
         """Bool [B, n_outputs] of the units :meth:`train_masked` lets compete (every unit with train_units=all)."""
@@ -355,6 +387,68 @@ def sequence(datasets: list[str], stream_seed: int = 0, val_fraction: float = 0.
         sources.add(ds.source)
         tasks.append(Task(i, dname, list(range(ds.n_classes)), x, y, ex, ey))
     return Stream(name or "_".join(datasets), tasks, shape, "+".join(sorted(sources)), split_name)
+
+
+@dataclass
+class SineFunctions:
+    """Javed & White's incremental sine waves: function i is y = a_i sin(x + p_i). A sample of function i in
+    slot k (its place in the stream or in a meta-training trajectory) has input [one-hot(k) of ``slots``, x]
+    with x uniform in ``x_range``, as in their code (datasets/task_sampler.py, SampleSine)."""
+
+    amplitude: Tensor  # [F]
+    phase: Tensor  # [F]
+    slots: int
+    x_range: tuple[float, float] = (-5.0, 5.0)
+
+    @classmethod
+    def draw(cls, n: int, slots: int, generator: torch.Generator, amplitude: tuple[float, float] = (0.1, 5.1),
+             phase: tuple[float, float] = (0.0, math.pi), x_range: tuple[float, float] = (-5.0, 5.0)) -> SineFunctions:
+        """``n`` functions with amplitude and phase uniform in their ranges (their code: amplitude (u + 0.02) x 5,
+        phase u x pi)."""
+        (a_lo, a_hi), (p_lo, p_hi) = amplitude, phase
+        amp = a_lo + (a_hi - a_lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+        ph = p_lo + (p_hi - p_lo) * torch.rand(n, generator=generator, dtype=torch.float64)
+        return cls(amp, ph, slots, (float(x_range[0]), float(x_range[1])))
+
+    def __len__(self) -> int:
+        return len(self.amplitude)
+
+    def sample(self, functions: Tensor, slots: Tensor, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` fresh points of each of ``functions`` [K] in ``slots`` [K]: inputs [K, n, slots + 1], targets
+        [K, n], float32."""
+        lo, hi = self.x_range
+        x = lo + (hi - lo) * torch.rand(len(functions), n, generator=generator, dtype=torch.float64)
+        y = self.amplitude[functions, None] * torch.sin(x + self.phase[functions, None])
+        inputs = torch.zeros(len(functions), n, self.slots + 1)
+        inputs[torch.arange(len(functions)), :, slots] = 1.0
+        inputs[..., self.slots] = x.float()
+        return inputs, y.float()
+
+
+def sine(n_tasks: int = 10, train_per_task: int = 1280, eval_per_task: int = 9600, stream_seed: int = 0,
+         amplitude: tuple[float, float] = (0.1, 5.1), phase: tuple[float, float] = (0.0, math.pi),
+         x_range: tuple[float, float] = (-5.0, 5.0), name: str | None = None, data_root: str | None = None,
+         download: bool = True, normalize: bool = True) -> Stream:
+    """Incremental sine waves (Javed & White 2019), a regression stream: task k is one sine function, its inputs
+    carry the one-hot of k, R holds mean squared errors. Javed & White train each function for 40 batches of 32
+    (``train_per_task`` 1280) and measure it on 300 batches of 32 (``eval_per_task`` 9600). Generated: the data
+    options (data_root, download, normalize) do not apply."""
+    _check_n_tasks(n_tasks, 1, 10_000, "sine streams")
+    for key, value in (("train_per_task", train_per_task), ("eval_per_task", eval_per_task)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"benchmark.{key}={value!r} must be a positive integer")
+    for key, pair in (("amplitude", amplitude), ("phase", phase), ("x_range", x_range)):
+        if len(pair) != 2 or not pair[0] < pair[1]:
+            raise ConfigError(f"benchmark.{key}={list(pair)!r} must be a range [low, high] with low < high")
+    g = torch.Generator().manual_seed(stream_seed)
+    functions = SineFunctions.draw(n_tasks, n_tasks, g, tuple(amplitude), tuple(phase), tuple(x_range))
+    ids, slots = torch.arange(n_tasks), torch.arange(n_tasks)
+    train_x, train_y = functions.sample(ids, slots, train_per_task, g)
+    eval_x, eval_y = functions.sample(ids, slots, eval_per_task, g)
+    tasks = [Task(k, f"sine{k}", [], train_x[k], train_y[k], eval_x[k], eval_y[k]) for k in range(n_tasks)]
+    meta = {"amplitude": functions.amplitude.tolist(), "phase": functions.phase.tolist(),
+            "ranges": {"amplitude": list(amplitude), "phase": list(phase), "x_range": list(x_range)}}
+    return Stream(name or "sine", tasks, (n_tasks + 1,), "generated", "test", meta, measure="mse")
 
 
 def _load(dataset: str, root: str | None, download: bool, seed: int, kwargs: dict,

@@ -64,6 +64,8 @@ def why_not(learners: Sequence[Learner], diagnostics: bool = False) -> str | Non
         if L.on_nan != "stop" or L.check_step:
             return "on_nan=skip and check_step=true are per run"
         for m in L.methods:
+            if not m.stackable:
+                return f"method {m.name} trains each seed's model on its own (Method.stackable is false)"
             own = [h for h in _ROUTING_HOOKS if getattr(type(m), h) is not getattr(Method, h)]
             if own:
                 return f"method {m.name} routes the forward itself ({', '.join(own)}), which the stacked model does not"

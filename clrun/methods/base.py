@@ -80,6 +80,8 @@ class Method:
     """Plain fine-tuning; every other method overrides the hooks it needs."""
 
     scenarios: tuple[str, ...] = SCENARIOS  # scenarios the method can serve
+    measures: tuple[str, ...] = ("accuracy",)  # streams it can serve: classification, and "mse" for regression
+    stackable: bool = True  # False: its seeds never train as one stacked model (clrun.vectorized)
     lam: float | None = None  # regularisation strength, where the method has one (metrics.csv's lam)
     buffer_size: int | None = None  # replay memory in samples, where the method has one (metrics.csv's buffer)
     train_units: str | None = None  # class-IL units its cross-entropy spans (seen | all); None: the scenario's
@@ -107,7 +109,7 @@ class Method:
         """(inputs, unit targets, task ids) of what is trained on during task ``task_id``."""
         ctx = self.ctx
         task = ctx.stream.tasks[task_id]
-        ids = torch.full_like(task.train_y, task_id)
+        ids = torch.full((len(task.train_y),), task_id, dtype=torch.long, device=task.train_y.device)
         return task.train_x, ctx.scenario.targets(task.train_y, task_id), ids
 
     def inner_batches(self, batch: Batch) -> Iterator[Batch] | None:

@@ -10,6 +10,7 @@ from clrun.methods.replay import ReplayMethod
 
 
 class ER(ReplayMethod):
+    measures = ("accuracy", "mse")  # the data loss on new and replayed rows (ctx.ce: squared error on regression)
     def __init__(self, buffer_size: int = 200, buffer_policy: str = "reservoir", replay_batch_size: int | None = None,
                  alpha: float = 1.0):
         super().__init__(buffer_size, buffer_policy, replay_batch_size)

@@ -13,6 +13,7 @@ SCHEDULES = ("incremental", "final")
 
 
 class Joint(Method):
+    measures = ("accuracy", "mse")  # trains on the data loss alone
     def __init__(self, schedule: str = "incremental"):
         require(schedule in SCHEDULES, f"method.schedule={schedule!r} must be one of {', '.join(SCHEDULES)}")
         self.schedule = schedule
