@@ -255,3 +255,24 @@ def test_seen_average_is_the_learning_curve():
     from clrun.metrics import seen_average
 
     assert seen_average(MSE_R).tolist() == pytest.approx([1.0, 1.5, 2.0])  # its last entry is ACC
+
+
+def test_oml_seeds_are_not_stacked():
+    from clrun.vectorized import why_not
+
+    method, learner = _tiny_oml()
+    assert why_not([learner]) == "method oml trains each seed's model on its own (Method.stackable is false)"
+
+
+def test_a_trajectory_longer_than_the_streams_one_hot_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="method.trajectory_tasks=5: a trajectory's k-th function takes"):
+        run(make_cfg(*TINY_SINE, "method=oml", "model.hidden=[8,8]", "method.rln_layers=1",
+                     "method.trajectory_tasks=5"), tmp_path / "r")
+
+
+def test_oml_meta_trains_on_the_streams_first_tasks_when_asked(tmp_path):
+    row = run(make_cfg(*TINY_SINE, "method=oml", "model.hidden=[16,8]", "method.rln_layers=1", "method.meta_steps=2",
+                       "method.meta_data=first_tasks", "method.meta_tasks=2", "method.trajectory_tasks=2",
+                       "method.steps_per_task=2", "method.inner_batch=8"), tmp_path / "oml")
+    assert row["status"] == "completed" and row["meta_data"] == "the stream's first 2 tasks"
+    assert row["meta_loss_first"] > 0

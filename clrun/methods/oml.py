@@ -91,10 +91,9 @@ class OML(Method):
                     f"{len(stream)} tasks")
         require(self.trajectory_tasks <= self._pool_size(),
                 f"method.trajectory_tasks={self.trajectory_tasks} exceeds the {self._pool_size()} tasks it draws from")
-        require(self.meta_data == "first_tasks" or self.trajectory_tasks <= len(stream)
-                or self.ctx.scenario.name == "domain_il",
-                f"method.trajectory_tasks={self.trajectory_tasks}: under task_il a trajectory's slot k trains output "
-                f"unit k, and the stream has {len(stream)}")
+        require(self.meta_data == "first_tasks" or self.trajectory_tasks <= len(stream),
+                f"method.trajectory_tasks={self.trajectory_tasks}: a trajectory's k-th function takes the stream's "
+                f"k-th one-hot place (and output unit in task_il), and the stream has {len(stream)}")
         for p in self.rln.parameters():  # frozen on the stream: the learner's optimiser never sees them
             p.requires_grad_(False)
 
