@@ -29,6 +29,15 @@ TINY = ["benchmark.dataset=synthetic", "benchmark.name=tiny", "benchmark.n_tasks
         "plots=false", "device=cpu", "checkpoint=false"]
 # what TINY replaces; every other setting must stay as the preset says
 REPLACED = {"benchmark", "iters", "quiet", "plots", "device", "checkpoint"}
+# a generated regression stream stays itself, smaller; OML meta-trains for one step
+TINY_SINE = ["benchmark.train_per_task=32", "benchmark.eval_per_task=32", *TINY[3:]]
+
+
+def _tiny(full) -> list[str]:
+    """TINY for the preset's stream: the synthetic classes, or its own sine functions, fewer samples."""
+    if full.benchmark._target_ != "clrun.streams.sine":
+        return TINY
+    return [*TINY_SINE, *(["method.meta_steps=1"] if "meta_steps" in full.method else [])]
 
 
 def _sweep_params(preset: str) -> dict:
@@ -46,7 +55,7 @@ def _sweep_cells(preset: str) -> list[list[str]]:
 
 
 def test_there_are_presets_and_every_old_name_maps_to_one():
-    assert set(EXPERIMENT_ALIASES.values()) == set(PRESETS)
+    assert set(EXPERIMENT_ALIASES.values()) <= set(PRESETS)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -56,9 +65,11 @@ def test_preset_cells_compose_intact_and_run_a_tiny_step(tmp_path, preset):
     methods_run: set[str] = set()
     for i, cell in enumerate(cells):
         full = make_cfg(f"paper={preset}", *cell)
-        tiny = make_cfg(f"paper={preset}", *cell, *TINY)
+        tiny = make_cfg(f"paper={preset}", *cell, *_tiny(full))
         assert full.paper.name.split("/")[0] == preset.split("/")[0]
         full_c, tiny_c = (OmegaConf.to_container(c, resolve=True) for c in (full, tiny))
+        for c in (full_c, tiny_c):  # the one method setting TINY may change
+            c["method"].pop("meta_steps", None)
         for key in set(full_c) - REPLACED:
             assert tiny_c[key] == full_c[key], f"{preset} {cell}: {key} changed by the tiny overrides"
         assert isinstance(build(tiny.method), Method)  # every cell's method settings are valid...

@@ -63,7 +63,7 @@ class OML(Method):
         self.first_order = bool(first_order)
         self.meta_trained = False
         self.meta_seconds = 0.0
-        self.meta_losses: list[float] = []  # the meta-loss of every 100th meta step (metrics: its first and last)
+        self.meta_losses: list[float] = []  # the mean meta-loss of each 100 meta steps (metrics: the first and last)
 
     @property
     def name(self) -> str:
@@ -132,6 +132,7 @@ class OML(Method):
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=self.meta_lr)
         schedule = torch.optim.lr_scheduler.MultiStepLR(opt, self.lr_milestones, self.lr_gamma)
+        window = []  # one trajectory's meta-loss is noisy (its functions' amplitudes): logged as 100-step means
         try:
             for step in range(self.meta_steps):
                 loss = self.meta_loss(*self.trajectory(g))
@@ -139,8 +140,10 @@ class OML(Method):
                 loss.backward()
                 opt.step()
                 schedule.step()
-                if step % 100 == 0 or step == self.meta_steps - 1:
-                    self.meta_losses.append(float(loss.detach()))
+                window.append(loss.detach())
+                if len(window) == 100 or step == self.meta_steps - 1:
+                    self.meta_losses.append(float(torch.stack(window).mean()))
+                    window = []
         finally:
             for p in params:
                 p.grad = None

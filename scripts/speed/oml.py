@@ -1,7 +1,7 @@
 """What OML's meta-training costs: naive, the Pre-training baseline and OML (first- and second-order) on Javed &
 White's incremental sine waves (paper=javed2019/sine), each with ``--meta-steps`` meta steps, seed 0.
 
-    python scripts/speed/oml.py [--meta-steps 20] [--reps 2] [--threads 2]
+    python scripts/speed/oml.py [--meta-steps 5] [--reps 2] [--threads 2]
 
 Per method: the stream's training seconds without meta-training (``train_seconds`` - ``meta_train_seconds``), the
 seconds per meta step, the preset's 20,000 meta steps extrapolated, and both as ratios to naive's stream
@@ -28,7 +28,7 @@ VARIANTS = {"naive": ["method=naive"], "oml_pretrain": ["method=oml_pretrain"], 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--meta-steps", type=int, default=20)
+    ap.add_argument("--meta-steps", type=int, default=5)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
