@@ -61,8 +61,8 @@ class Learner:
         for m in self.methods:
             if stream.measure not in m.measures:
                 why = ("it is built for regression streams (benchmark=sine)" if stream.measure == "accuracy" else
-                       "its loss or importance needs class probabilities; on a regression stream use naive, joint, "
-                       "er, der or oml")
+                       "its loss or importance needs class probabilities; a regression stream takes the methods "
+                       "whose `measures` include mse (docs/configuration.md lists them)")
                 raise ConfigError(f"method {m.name} does not support the {stream.measure} stream {stream.name}: {why}")
             if scenario.name not in m.scenarios:
                 raise ConfigError(

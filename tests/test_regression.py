@@ -76,7 +76,7 @@ def test_R_of_a_regression_run_is_each_tasks_mean_squared_error(tmp_path):
     stream = sine(n_tasks=2, train_per_task=64, eval_per_task=100)
     scenario = Scenario("domain_il", stream)
     model = MLP(stream.in_shape, 1, [16])
-    learner = Learner(model, stream, scenario, OMLFree(), batch_size=32, eval_batch_size=30)
+    learner = Learner(model, stream, scenario, RegressionNaive(), batch_size=32, eval_batch_size=30)
     learner.train_task(0)
     with torch.no_grad():
         expected = [F.mse_loss(model(t.eval_x)[:, 0], t.eval_y).item() for t in stream.tasks]
@@ -93,7 +93,7 @@ def test_R_of_a_regression_run_is_each_tasks_mean_squared_error(tmp_path):
     assert pd.read_csv(tmp_path / "run" / io.METRICS_FILE)["measure"].tolist() == ["mse"]
 
 
-class OMLFree(Method):
+class RegressionNaive(Method):
     """Plain fine-tuning that declares regression support (the contract's ``measures``)."""
 
     measures = ("accuracy", "mse")

@@ -61,7 +61,6 @@ class OML(Method):
         self.inner_lr, self.meta_lr = float(inner_lr), float(meta_lr)
         self.lr_milestones, self.lr_gamma = [int(m) for m in lr_milestones], float(lr_gamma)
         self.first_order = bool(first_order)
-        self.meta_trained = False
         self.meta_seconds = 0.0
         self.meta_losses: list[float] = []  # the mean meta-loss of each 100 meta steps (metrics: the first and last)
 
@@ -109,13 +108,12 @@ class OML(Method):
                 h = F.relu(h)
         return h
 
-    # ---- meta-training, before the first task (a resumed run has it in its checkpoint)
+    # ---- meta-training, before the first task (a run resumed after it has its result in the checkpoint)
     def before_task(self, task_id: int) -> None:
-        if task_id == 0 and not self.meta_trained:
+        if task_id == 0:
             t0 = time.perf_counter()
             self.meta_train()
             self.meta_seconds = time.perf_counter() - t0
-            self.meta_trained = True
 
     def _pool_size(self) -> int:
         return self.meta_functions if self.meta_data == "pool" else int(self.meta_tasks)
