@@ -114,12 +114,14 @@ class ReplayBuffer:
         draw = (uniform * (position + 1).astype(np.float32)).astype(np.int64)
         slot = np.where(position < self.capacity, position, draw)
         accepted = np.flatnonzero(slot < self.capacity)
+        self.size = min(self.capacity, self.n_seen + n)
+        if not len(accepted):  # most batches once the stream is long (each item kept with p = capacity / (n + 1))
+            return
         # several items of one batch may hit one slot: the later one wins, as in the sequential algorithm
         slots, last_in_reversed = np.unique(slot[accepted][::-1], return_index=True)
         items = torch.from_numpy(accepted[::-1][last_in_reversed].copy()).to(y.device)
         self._write(torch.from_numpy(slots).to(self.device), x[items], y[items], task_ids[items],
                     None if logits is None else logits[items])
-        self.size = min(self.capacity, self.n_seen + n)
 
     def _class_balanced_add(self, x: Tensor, y: Tensor, task_ids: Tensor, logits: Tensor | None) -> None:
         new_keys = torch.rand(len(y), generator=self.generator).to(self.device)

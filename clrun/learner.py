@@ -326,10 +326,10 @@ class Learner:
         x = self.stream.tasks[task_id].inputs(x_all[idx]) if single_task else self.ctx.view(x_all[idx], ids)
         return Batch(x, y_all[idx], ids, task_id)
 
-    def hits(self, logits: Tensor, batch: Batch) -> Tensor:
-        """The measure summed over ``batch``'s rows: correct predictions, or squared errors on a regression stream
-        (a 0-d tensor on the device: no host sync)."""
-        return self.scenario.score(self.scenario.masked(logits, batch.task_ids, batch.task), batch.y, batch.task_ids)
+    def hits(self, logits: Tensor, y: Tensor, task_ids: Tensor, task: int) -> Tensor:
+        """The measure summed over a batch's rows: correct predictions, or squared errors on a regression stream
+        (a 0-d tensor on the device: no host sync); for several seeds' batches stacked ([N, B, ...]), one sum each."""
+        return self.scenario.score(self.scenario.masked(logits, task_ids, task), y, task_ids)
 
     def _train_on(self, batch: Batch, phase: str) -> tuple[Tensor, Tensor, int]:
         """One step on an incoming batch, or one per batch the primary's ``inner_batches`` yields; returns the
@@ -338,7 +338,7 @@ class Learner:
         weighted, hits, n_rows = None, None, 0
         for b in [batch] if inner is None else inner:
             loss, logits = self.step(b, phase)
-            w, h = loss * len(b.y), self.hits(logits, b)
+            w, h = loss * len(b.y), self.hits(logits, b.y, b.task_ids, b.task)
             weighted, hits = (w, h) if weighted is None else (weighted + w, hits + h)
             n_rows += len(b.y)
         if weighted is None:  # nothing was yielded: no step taken

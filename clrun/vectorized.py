@@ -273,12 +273,12 @@ class SeedStack:
         torch.stack(losses).sum().backward()
         updates = [L.before_update(st, loss, L.methods) for L, st, loss in zip(learners, steps, losses)]
         self.optimizer.step()
-        hits = []
         for L, st, (_, frozen) in zip(learners, steps, updates):
             L.after_update(st, frozen, L.methods)
-            hits.append(L.hits(st.new_logits.detach(), st.batch))
         rows = len(batches[0].y)
-        return torch.stack([logged for logged, _ in updates]) * rows, torch.stack(hits), rows
+        hits = learners[0].hits(logits[:, :rows].detach(), torch.stack([b.y for b in batches]),
+                                torch.stack([b.task_ids for b in batches]), batches[0].task)  # all seeds at once
+        return torch.stack([logged for logged, _ in updates]) * rows, hits, rows
 
 
 def run_seeds(cfgs: Sequence[DictConfig], out_dirs: Sequence[Path], job_files: Sequence[Mapping[str, str] | None],

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,11 +68,12 @@ class Step:
     def n_new(self) -> int:
         return len(self.batch.y)
 
-    @property
+    # computed once a step: several hooks of every method read them
+    @cached_property
     def new_logits(self) -> Tensor:
         return self.logits[: self.n_new]
 
-    @property
+    @cached_property
     def replay_logits(self) -> Tensor:
         return self.logits[self.n_new :]
 
