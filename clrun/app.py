@@ -20,12 +20,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from clrun import io, papers
-from clrun import run as run_mod
+from clrun import io, papers, stop
 from clrun.errors import ClrunError
 from clrun.metrics import LOWER_IS_BETTER
 from clrun.report import SweepSummary
-from clrun.run import run
 
 _WARNED: set[str] = set()
 _NOTES: list[str] = []  # what the command line was completed with, said once its settings are accepted
@@ -88,7 +86,7 @@ def run_stacked(specs: list[JobSpec]) -> list[float | tuple[float, float]]:
     ``hydra/launcher=stacked``); their objectives. Each keeps its own run directory and status."""
     from clrun import vectorized
 
-    if run_mod.stop_signal() or len(specs) < 2:  # as one job each: the sweep's stop, or nothing to stack
+    if stop.stop_signal() or len(specs) < 2:  # as one job each: the sweep's stop, or nothing to stack
         return [_hydra_job(spec) for spec in specs]
     try:
         rows, reason = vectorized.run_seeds([s.cfg for s in specs], [s.out_dir for s in specs],
@@ -118,7 +116,7 @@ def start_worker() -> None:
 def run_stacked_unit(specs: list[JobSpec]) -> tuple[list[float | tuple[float, float]], list[str]]:
     """:func:`run_stacked` in a worker process (``hydra/launcher=stacked hydra.launcher.n_jobs=N``): the
     objectives and the jobs' statuses, which the launching process counts."""
-    run_mod.handle_stop_signals()  # a Ctrl-C reaches the workers too: their runs stop and write what they have
+    stop.handle_stop_signals()  # a Ctrl-C reaches the workers too: their runs stop and write what they have
     JOB_STATUSES.clear()
     values = run_stacked(specs)
     return values, list(JOB_STATUSES)
@@ -150,10 +148,12 @@ def _run_job(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None,
     """One job (of the sweep in ``sweep_dir``, if any): its status in this process (refused: a bad command, or
     a directory holding another run) and its metrics row."""
     sweeping = sweep_dir is not None
-    if run_mod.stop_signal():  # an earlier job of this sweep was interrupted: the rest are not started
-        run_mod.record_not_started(cfg, out_dir, f"not started: the sweep was stopped by {run_mod.stop_signal()}",
-                                   job_files)
+    if stop.stop_signal():  # an earlier job of this sweep was interrupted: the rest are not started
+        io.record_not_started(cfg, out_dir, f"not started: the sweep was stopped by {stop.stop_signal()}",
+                              job_files)
         return "interrupted", None
+    from clrun.run import run  # imported by the first job: a command refused before it, or --help, needs no torch
+
     try:
         row = run(cfg, out_dir, job_files=job_files, sweep_dir=sweep_dir)
     except Exception as err:
@@ -206,7 +206,7 @@ def _record_failure(cfg: DictConfig, out_dir: Path, err: BaseException, job_file
     """A metrics.csv for a job that failed before training wrote one (never over another run's files)."""
     if (out_dir / io.METRICS_FILE).exists():
         return
-    run_mod.record_not_started(cfg, out_dir, f"{type(err).__name__}: {err}", job_files, status="failed")
+    io.record_not_started(cfg, out_dir, f"{type(err).__name__}: {err}", job_files, status="failed")
 
 
 def job_dir_name(override_dirname: str) -> str:
@@ -272,7 +272,7 @@ def main() -> None:
     sweeping = any(a in ("-m", "--multirun") for a in sys.argv[1:])
     sys.argv = [sys.argv[0], *paper_arguments(sys.argv[1:], sweeping)]
     if sweeping:  # a Ctrl-C stops the whole sweep (the jobs left are not started), and its summary is written
-        run_mod.handle_stop_signals()
+        stop.handle_stop_signals()
         sys.argv = [sys.argv[0], *name_jobs_by_swept_keys(sys.argv[1:])]
     SweepSummary.outcome = None
     JOB_STATUSES.clear()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 
 R_FILE, METRICS_FILE, LOG_FILE = "R.csv", "metrics.csv", "log.csv"
 
@@ -130,3 +131,18 @@ def read_rows(out_dir: Path, name: str) -> list[dict]:
 def read_metrics(out_dir: Path) -> dict | None:
     path = Path(out_dir) / METRICS_FILE
     return pd.read_csv(path).iloc[0].to_dict() if path.exists() else None
+
+
+def record_not_started(cfg: DictConfig, out_dir: Path, error: str, job_files: Mapping[str, str] | None = None,
+                       status: str = "interrupted") -> None:
+    """metrics.csv (and the job's overrides) for a sweep job that never trained, so its summary lists it."""
+    out_dir = Path(out_dir)
+    if (out_dir / METRICS_FILE).exists() or not out_dir.is_dir():
+        return  # another run's files are never replaced
+    for name, text in (job_files or {}).items():
+        if name.endswith("overrides.yaml") and not (out_dir / name).exists():
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_dir / name, text)
+    target = str(OmegaConf.select(cfg, "method._target_", default=""))
+    write_metrics(out_dir, {"method": target.rsplit(".", 1)[-1].lower(), "seed": cfg.get("seed"),
+                               "status": status, "tasks_done": 0, "error": error})

@@ -9,9 +9,7 @@ import math
 import os
 import random
 import resource
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from tqdm import tqdm
 
 import clrun
 from clrun import checkpoint as ckpt
-from clrun import checks, io, papers, tracking
+from clrun import checks, io, papers, stop, tracking
 from clrun.diagnostics import Diagnostics
 from clrun.errors import ConfigError, ResumeMismatch
 from clrun.learner import Diverged, Interrupted, Learner
@@ -260,7 +258,7 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
         wall = {**clock, "wall": clock["wall"] + time.perf_counter() - t_start}  # wall time adds up across resumes
         return _snapshot(learner, R, log_rows, wall, tasks_done)
 
-    with _stop_on_signals(learner):
+    with stop.on_signals(learner):
         try:
             for t in range(start_task, T):
                 bars: list[tqdm] = []
@@ -361,68 +359,6 @@ def _restore(state: dict, learner: Learner, R: np.ndarray, log_rows: list[dict],
     log_rows[:] = state["log_rows"]
     clock.update(state["clock"])
     return int(state["tasks_done"])
-
-
-_stop: dict[str, str | None] = {"signal": None}
-_active_learners: list[Learner] = []
-
-
-def stop_signal() -> str | None:
-    """The signal (SIGINT/SIGTERM) that asked this process to stop, if one did."""
-    return _stop["signal"]
-
-
-def request_stop(signum: int, frame=None) -> None:
-    """The handler of SIGINT/SIGTERM: the running learner stops at its next step and writes what it has; in a
-    sweep, the jobs not yet started are not started. Repeated signals change nothing: no traceback, no lost
-    summary."""
-    _stop["signal"] = signal.Signals(signum).name
-    for learner in _active_learners:
-        learner.stop_requested = _stop["signal"]
-
-
-def handle_stop_signals() -> None:
-    """Install :func:`request_stop` for the whole process (a sweep: also between its jobs)."""
-    if threading.current_thread() is threading.main_thread():  # signals can only be set there
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, request_stop)
-
-
-class _stop_on_signals:
-    """SIGINT/SIGTERM ask the learner to stop at the next step; the run then writes what it has."""
-
-    def __init__(self, learner: Learner):
-        self.learner = learner
-        self.previous: dict = {}
-
-    def __enter__(self):
-        _active_learners.append(self.learner)
-        if _stop["signal"]:
-            self.learner.stop_requested = _stop["signal"]
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, request_stop)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _active_learners.remove(self.learner)
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-def record_not_started(cfg: DictConfig, out_dir: Path, error: str, job_files: Mapping[str, str] | None = None,
-                       status: str = "interrupted") -> None:
-    """metrics.csv (and the job's overrides) for a sweep job that never trained, so its summary lists it."""
-    out_dir = Path(out_dir)
-    if (out_dir / io.METRICS_FILE).exists() or not out_dir.is_dir():
-        return  # another run's files are never replaced
-    for name, text in (job_files or {}).items():
-        if name.endswith("overrides.yaml") and not (out_dir / name).exists():
-            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            io.atomic_write_text(out_dir / name, text)
-    target = str(OmegaConf.select(cfg, "method._target_", default=""))
-    io.write_metrics(out_dir, {"method": target.rsplit(".", 1)[-1].lower(), "seed": cfg.get("seed"),
-                               "status": status, "tasks_done": 0, "error": error})
 
 
 def _progress_bar(desc: str, quiet: bool, bars: list):

@@ -178,3 +178,20 @@ def test_numpy_shuffle_pairs_the_digits_as_van_de_ven_and_tolias_code_does_for_t
             assert [int(p[d]) for d in task.classes] == [2 * k, 2 * k + 1]
     with pytest.raises(ConfigError, match="benchmark.shuffle_rng='jax' is not one of torch, numpy"):
         streams.split(n_tasks=5, stream_seed=0, shuffle_rng="jax", **SYN)
+
+
+def test_seeds_splitting_the_same_data_the_same_way_share_its_tensors():
+    """A sweep's seeds built in one process (a stacked model's) with a fixed class order reuse the first seed's
+    task tensors instead of copying the dataset once a seed; another order or other data gets its own."""
+    base = streams._load("synthetic", None, True, 0, {k: v for k, v in SYN.items() if k != "dataset"})
+    data = (base.train_x, base.train_y, base.test_x, base.test_y)
+    first = streams._class_split("s", *data, list(range(10)), 5)
+    again = streams._class_split("s", *data, list(range(10)), 5)
+    assert all(a.train_x.data_ptr() == b.train_x.data_ptr() and a.eval_y.data_ptr() == b.eval_y.data_ptr()
+               for a, b in zip(first, again))
+    assert [t.classes for t in again] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]] and again[0] is not first[0]
+    other = streams._class_split("s", *data, [9, 8, 7, 6, 5, 4, 3, 2, 1, 0], 5)
+    assert other[0].classes == [9, 8] and other[0].train_x.data_ptr() != first[0].train_x.data_ptr()
+    assert torch.equal(other[0].train_x, base.train_x[(base.train_y == 9) | (base.train_y == 8)])
+    copy = tuple(t.clone() for t in data)  # equal values, other tensors: split anew
+    assert streams._class_split("s", *copy, list(range(10)), 5)[0].train_x.data_ptr() != first[0].train_x.data_ptr()

@@ -3,6 +3,7 @@ what the seed run alone writes."""
 
 import os
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -99,3 +100,37 @@ def test_a_method_that_replaces_gradient_tensors_is_stopped_not_trained_wrongly(
     with pytest.raises(RuntimeError, match="replaced a model's parameters or gradient tensors"):
         run_seeds(cfgs, [tmp_path / "a", tmp_path / "b"], [None] * 2)
     assert pd.read_csv(tmp_path / "a" / "R.csv").iloc[1:, 1:].isna().all().all()  # no trained task evaluated
+
+
+def test_the_stacked_launcher_composes_a_seed_group_as_hydra_does():
+    """A seed group's first job is composed by Hydra, the others derived from it: every job's config equals the
+    one Hydra composes for its overrides (its seed, task overrides and override dirname included)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from clrun.app import CONF_DIR
+    from hydra_plugins.clrun_launchers.stacked_launcher import SeedGroupConfigLoader
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        hydra_loader = GlobalHydra.instance().config_loader()
+        master = hydra_loader.load_configuration("config", ["hydra/launcher=stacked", "hydra.sweep.dir=sw"],
+                                                 RunMode.MULTIRUN)
+        ours = SeedGroupConfigLoader(hydra_loader)
+        for job in (["paper=der2020/seq_mnist_buffer", "method=er", "buffer=200", "seed=SEED"],
+                    ["method=ewc", "lam=10", "seed=SEED", "scenario=class_il"]):
+            for seed in (0, 3, 12):
+                overrides = [o.replace("SEED", str(seed)) for o in job]
+                hydra_cfg = OmegaConf.to_container(hydra_loader.load_sweep_config(master, overrides))
+                derived = ours.load_sweep_config(master, overrides)
+                assert derived.seed == seed and OmegaConf.to_container(derived) == hydra_cfg
+        assert len(ours._composed) == 2  # one composition per group
+
+
+def test_the_launching_process_does_not_import_torch():
+    """clrun's command line is checked, and a stacked sweep's jobs prepared, before torch is imported: the
+    stacked launcher's workers start that much sooner, and a refused command answers at once."""
+    code = "import sys, clrun.app; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
