@@ -145,4 +145,4 @@ def record_not_started(cfg: DictConfig, out_dir: Path, error: str, job_files: Ma
             atomic_write_text(out_dir / name, text)
     target = str(OmegaConf.select(cfg, "method._target_", default=""))
     write_metrics(out_dir, {"method": target.rsplit(".", 1)[-1].lower(), "seed": cfg.get("seed"),
-                               "status": status, "tasks_done": 0, "error": error})
+                            "status": status, "tasks_done": 0, "error": error})
