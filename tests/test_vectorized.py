@@ -27,6 +27,7 @@ def one_thread():
 
 @pytest.mark.parametrize("overrides", [
     ["method=er"],  # replay (its first step replays nothing: naive's path)
+    ["method=er", "scenario=task_il"],  # each row's own head: the seeds' accuracies counted in one reduction
     # A-GEM's projection on a reference gradient of the seed's own model, EWC's closed-form gradient added to
     # the seed's gradient, LwF's distillation penalty through the stacked logits
     ["method=agem", "+regularizers=[ewc,lwf]"],
@@ -51,6 +52,7 @@ def test_stacked_seeds_write_what_each_seed_writes_alone(tmp_path, one_thread, o
         stacked = pd.read_csv(tmp_path / f"stacked{s}" / "log.csv")
         assert stacked[["task", "kind", "step"]].equals(alone[["task", "kind", "step"]])  # epoch and curve rows
         pd.testing.assert_series_equal(stacked["loss"], alone["loss"], rtol=1e-5)  # its own loss, to float rounding
+        assert stacked["train_acc"].equals(alone["train_acc"])  # its own correct predictions, exactly
 
 
 @pytest.mark.parametrize(("overrides", "reason"), [
