@@ -54,6 +54,14 @@ def reset_peak_rss() -> None:
         pass
 
 
+def _peak_device_mb(device: torch.device) -> dict:
+    """On a GPU, ``peak_device_mb``: the most memory torch held on it since the job's start (a stacked model's
+    seeds share it: one seed's share is about peak_device_mb / stacked_seeds); nothing on a CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_device_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
 def _peak_rss_mb() -> float:
     """This job's peak resident memory since :func:`reset_peak_rss` (VmHWM), else the process's lifetime peak."""
     try:
@@ -154,6 +162,8 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = checks.pick_device(str(cfg.device))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # this job's peak, as peak_rss_mb's
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
         torch.use_deterministic_algorithms(True, warn_only=False)
@@ -225,7 +235,8 @@ def _run(cfg: DictConfig, out_dir: str | Path, job_files: Mapping[str, str] | No
             ["ACC", "forgetting", "BWT", "FWT", "learning_accuracy"], math.nan)
         return {**base_row, "status": status, "tasks_done": tasks_done, **done,
                 "wall_seconds": clock["wall"] + time.perf_counter() - t_start, "train_seconds": clock["train"],
-                "eval_seconds": clock["eval"], "peak_rss_mb": _peak_rss_mb(), "stacked_seeds": learner.stacked_seeds,
+                "eval_seconds": clock["eval"], "peak_rss_mb": _peak_rss_mb(), **_peak_device_mb(device),
+                "stacked_seeds": learner.stacked_seeds,
                 "parameters": learner.n_parameters(),
                 "buffer_bytes": math.nan, **{k: v for m in learner.methods for k, v in m.extra_metrics().items()}}
 

@@ -45,10 +45,11 @@ def main() -> int:
                 status = row["status"]
             except Exception as err:  # report and go on: one line per case
                 status, row = f"error {type(err).__name__}: {err}", {}
-            ok = status == "completed"
+            ok = status == "completed" and row.get("peak_device_mb", 0) > 0  # the device memory is reported
             failed += not ok
             print(f"{'ok ' if ok else 'BAD'} {' '.join(case):70s} ACC={row.get('ACC', float('nan')):.3f} "
-                  f"{time.perf_counter() - t0:5.1f}s {'' if ok else status}", flush=True)
+                  f"{row.get('peak_device_mb', float('nan')):7.1f} MB {time.perf_counter() - t0:5.1f}s "
+                  f"{'' if ok else status}", flush=True)
     # the per-sample-gradient paths agree across devices: diagonal Fisher and the Lanczos spectrum of a CNN
     from clrun.importance import SampleGradients, fisher_diag, lanczos_top
     from clrun.models import CNN
