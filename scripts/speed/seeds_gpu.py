@@ -9,7 +9,8 @@ machine with a GPU:
 Writes results/speed/seeds_gpu.csv: wall seconds, runs per hour, the speed-up over the processes, the device's
 peak memory per seed (``peak_device_mb / stacked_seeds``; for the processes, each one's own), and the mean ACC
 (the same in every mode up to GPU rounding). ``--device cpu --extra "iters=20 benchmark.n_tasks=2" --seeds 3
---out /tmp/x.csv`` checks the script itself on a CPU.
+--out /tmp/x.csv`` checks the script itself on a CPU. On a lent machine without clrun's dependencies or MNIST,
+bring them as scripts/device/gpu_cells.sh says.
 """
 
 from __future__ import annotations
