@@ -139,7 +139,8 @@ def objective(row: dict | None, direction) -> float | tuple[float, float]:
     worst_acc, worst_fgt = (1e30, 1e30) if error else (0.0, 1.0)
     acc = float(row["ACC"]) if done else worst_acc
     fgt = float(row["forgetting"]) if done else worst_fgt
-    two = direction is not None and not isinstance(direction, str) and len(direction) == 2
+    # one direction is a string or the Optuna sweeper's Direction enum, two a list
+    two = (OmegaConf.is_list(direction) or isinstance(direction, (list, tuple))) and len(direction) == 2
     return (acc, fgt) if two else acc
 
 

@@ -240,6 +240,10 @@ def test_objective_gives_optuna_acc_or_acc_and_forgetting():
     # a run that diverged is the worst point, never a good one (and no NaN, on which the sweeper stops)
     assert objective({"status": "diverged", "ACC": 0.1, "forgetting": 0.0}, ["maximize", "minimize"]) == (0.0, 1.0)
     assert objective(None, "maximize") == 0.0
+    # a one-objective study: the sweeper's config holds its Direction enum, not a string
+    from hydra_plugins.hydra_optuna_sweeper.config import Direction
+
+    assert objective(row, Direction.maximize) == 0.8
 
 
 def test_an_optuna_study_searches_lam_and_clrun_select_reads_its_pareto_front(tmp_path, capsys):
