@@ -221,6 +221,7 @@ def _class_split(name, x, y, ex, ey, class_order: list[int], n_tasks: int, offse
     if n_classes % n_tasks:
         raise ConfigError(f"benchmark.n_tasks={n_tasks} must divide the {n_classes} classes of {name}")
     per = n_classes // n_tasks
+    groups = [class_order[i * per : (i + 1) * per] for i in range(n_tasks)]
     data, key = (x, y, ex, ey), (tuple(class_order), n_tasks)
     last = _LAST_SPLIT[0] if _LAST_SPLIT else None
     if last is not None and last[1] == key and all(a is b for a, b in zip(last[0], data)):
@@ -229,15 +230,13 @@ def _class_split(name, x, y, ex, ey, class_order: list[int], n_tasks: int, offse
         # one lookup table maps dataset labels to local labels for every task at once
         local = torch.empty(max(class_order) + 1, dtype=torch.int64)
         parts = []
-        for i in range(n_tasks):
-            classes = torch.tensor(class_order[i * per : (i + 1) * per])
+        for classes in map(torch.tensor, groups):
             local[classes] = torch.arange(per)
             tr, te = torch.isin(y, classes), torch.isin(ey, classes)
             parts.append((x[tr], local[y[tr]], ex[te], local[ey[te]]))
         _LAST_SPLIT[:] = [(data, key, parts)]
     tasks = []
-    for i, part in enumerate(parts):
-        classes = class_order[i * per : (i + 1) * per]
+    for i, (classes, part) in enumerate(zip(groups, parts)):
         label = "-".join(str(c) for c in classes) if per <= 5 else f"{classes[0]}..{classes[-1]}"
         tasks.append(Task(offset + i, f"{name}:{label}", list(classes), *part))
     return tasks

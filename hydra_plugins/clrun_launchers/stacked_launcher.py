@@ -26,14 +26,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 log = logging.getLogger(__name__)
 
 
+def _sets_seed(override: str) -> bool:
+    return override.partition("=")[0].lstrip("+~") == "seed"
+
+
 def seed_group(overrides: Sequence[str]) -> tuple[str, ...]:
     """A job's overrides without its seed: the jobs of one group differ only in the seed."""
-    return tuple(o for o in overrides if o.partition("=")[0].lstrip("+~") != "seed")
+    return tuple(o for o in overrides if not _sets_seed(o))
 
 
 def _seed_index(overrides: Sequence[str]) -> int | None:
     """The position of the one plain ``seed=VALUE`` among ``overrides``, else None."""
-    found = [i for i, o in enumerate(overrides) if o.partition("=")[0].lstrip("+~") == "seed"]
+    found = [i for i, o in enumerate(overrides) if _sets_seed(o)]
     return found[0] if len(found) == 1 and overrides[found[0]].startswith("seed=") else None
 
 
