@@ -221,6 +221,10 @@ class SeedStack:
         interval = Interval(device, N)
         step, epoch = 0, 0
         self.model.bind_gradients()  # after before_task: a method's own phase there may have reset them
+        # the seeds draw rows of one input tensor in its own view (a split shared across seeds): one gather of
+        # all seeds' inputs a step, not one each
+        shared_x = all(s[0] is sets[0][0] for s in sets) and all(single) and all(
+            L.stream.tasks[t].perm is None for L in learners)
         while step < total:
             orders = [torch.randperm(n, generator=L.generator).to(L.device) for L in learners]
             sums = Interval(device, N)
@@ -230,9 +234,14 @@ class SeedStack:
                 for L in learners:
                     if L.stop_requested:
                         raise Interrupted(f"{L.stop_requested} during task {t + 1}")
-                batches = [L.batch_of(*rows, order[s : s + B], t, one)
-                           for L, rows, order, one in zip(learners, sets, orders, single)]
-                terms = self._step(batches)
+                rows = [order[s : s + B] for order in orders]
+                if shared_x:
+                    x = sets[0][0][torch.stack(rows)]  # [N, B, ...]
+                    batches = [Batch(x[k], y[r], ids[r], t) for k, ((_, y, ids), r) in enumerate(zip(sets, rows))]
+                else:
+                    x = None
+                    batches = [L.batch_of(*data, r, t, one) for L, data, r, one in zip(learners, sets, rows, single)]
+                terms = self._step(batches, x)
                 step += 1
                 sums.add(*terms)
                 if log_every:
@@ -255,20 +264,25 @@ class SeedStack:
             epoch += 1
         self.model.check_bound([L.model for L in learners])
 
-    def _step(self, batches: list[Batch]) -> tuple[Tensor, Tensor, int]:
+    def _step(self, batches: list[Batch], new_x: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
         """One optimiser step for every seed: the learner's step (:meth:`~clrun.learner.Learner.step`) with its
         forward, backward and optimiser step run once for all seeds and its other phases per seed (the seeds'
         losses are summed: each seed's gradient is its own). The log's terms: per seed loss x rows and correct
-        predictions ([N] tensors), and the rows of each seed's batch."""
+        predictions ([N] tensors), and the rows of each seed's batch. ``new_x``: the batches' inputs stacked
+        [N, B, ...] when they are already (their ``x`` are its slices)."""
         learners = self.learners
         self.optimizer.zero_grad(set_to_none=False)  # in place: the seeds' gradients are views of these
         replayed = [L.method.replay(b) for L, b in zip(learners, batches)]
         sizes = {None if r is None else len(r.y) for r in replayed}
         if len(sizes) > 1:
             raise ValueError("the seeds replay different numbers of samples: they cannot share a step")
-        xs = [b.x if r is None else torch.cat([b.x, r.x]) for b, r in zip(batches, replayed)]
-        logits = self.model(torch.stack(xs))  # [N, rows, units]
-        steps = [Step(b, r, logits[i]) for i, (b, r) in enumerate(zip(batches, replayed))]
+        if new_x is None:
+            new_x = torch.stack([b.x for b in batches])
+        if replayed[0] is not None:  # every seed replays as many rows (checked above)
+            new_x = torch.cat([new_x, torch.stack([r.x for r in replayed])], 1)
+        logits = self.model(new_x)  # [N, rows, units]
+        # one view per seed from one node (indexing each would give every seed's backward a zero-filled copy)
+        steps = [Step(b, r, seed_logits) for b, r, seed_logits in zip(batches, replayed, logits.unbind(0))]
         losses = [L.step_loss(st, L.methods) for L, st in zip(learners, steps)]
         torch.stack(losses).sum().backward()
         updates = [L.before_update(st, loss, L.methods) for L, st, loss in zip(learners, steps, losses)]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from clrun.checkpoint import model_state
+from clrun.learner import Learner
 from clrun.methods.base import Method
 from clrun.run import run
 from clrun.vectorized import run_seeds
@@ -53,6 +54,30 @@ def test_stacked_seeds_write_what_each_seed_writes_alone(tmp_path, one_thread, o
         assert stacked[["task", "kind", "step"]].equals(alone[["task", "kind", "step"]])  # epoch and curve rows
         pd.testing.assert_series_equal(stacked["loss"], alone["loss"], rtol=1e-5)  # its own loss, to float rounding
         assert stacked["train_acc"].equals(alone["train_acc"])  # its own correct predictions, exactly
+
+
+def test_seeds_that_share_a_split_gather_their_batches_at_once_and_still_train_as_alone(tmp_path, one_thread,
+                                                                                       monkeypatch):
+    """Seeds that split the same data the same way (a fixed class order) share the task tensors: the stack gathers
+    all seeds' batches in one indexing, not one Learner.batch_of each, and every seed still gets its own rows."""
+    monkeypatch.delenv("CLRUN_DATA", raising=False)  # the embedded MNIST sample, one split for every seed
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shared = ["benchmark=split_mnist", "benchmark.fixed_class_order=true", "benchmark.stream_seed=0",
+              "data.download=false", "quiet=true", "plots=false", "model.hidden=[32]", "batch_size=10",
+              "method=er", "buffer=30", "threads=1", "lr=0.1"]
+    seeds = [0, 1]
+    for s in seeds:
+        run(make_cfg(*shared, f"seed={s}"), tmp_path / f"alone{s}")
+    calls = []
+    batch_of = Learner.batch_of
+    monkeypatch.setattr(Learner, "batch_of", lambda self, *a: calls.append(1) or batch_of(self, *a))
+    rows, reason = run_seeds([make_cfg(*shared, f"seed={s}") for s in seeds],
+                             [tmp_path / f"stacked{s}" for s in seeds], [None] * 2)
+    assert reason is None and not calls
+    for s in seeds:
+        assert (tmp_path / f"stacked{s}" / "R.csv").read_text() == (tmp_path / f"alone{s}" / "R.csv").read_text()
+        alone, stacked = model_state(tmp_path / f"alone{s}"), model_state(tmp_path / f"stacked{s}")
+        assert all(torch.equal(alone[k], stacked[k]) for k in alone)
 
 
 @pytest.mark.parametrize(("overrides", "reason"), [

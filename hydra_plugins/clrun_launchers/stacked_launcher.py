@@ -122,7 +122,8 @@ class StackedLauncher(Launcher):
                 self._finish(returns, ready, app.run_stacked(specs))
             return returns  # type: ignore[return-value]
         # spawned, not forked (a forked torch process may hang in its thread pool); the workers start and import
-        # while the jobs are prepared here, and each stack trains as soon as its jobs are ready
+        # while the jobs are prepared here (not in setup: a sweep refused before its launch would wait for them),
+        # and each stack trains as soon as its jobs are ready
         with ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=get_context("spawn")) as pool:
             for _ in range(self.n_jobs):
                 pool.submit(app.start_worker)
