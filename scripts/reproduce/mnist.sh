@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full-MNIST experiments behind the tables in docs/ (results/). Run from anywhere:
-#   CLRUN_DATA=DIR bash scripts/reproduce/mnist.sh [foundation|regularisation|defaults|replay|dynamic|diagnostics|papers|papers_checks|vandeven_seeds|vandeven_dgr|fisher_forms|adapters|mer]
+#   CLRUN_DATA=DIR bash scripts/reproduce/mnist.sh [foundation|regularisation|defaults|replay|dynamic|diagnostics|papers|papers_checks|vandeven_seeds|vandeven_dgr|vandeven_dgr_perm|fisher_forms|adapters|mer]
 # Each section writes a sweep directory under outputs/readme/ with summary.csv and summary_by_config.csv.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -332,8 +332,17 @@ if [[ $what == vandeven_dgr ]]; then
     threads=1 quiet=true plots=false checkpoint=false hydra/launcher=joblib hydra.launcher.n_jobs=2 \
     hydra.sweep.dir=$r/split_mnist
   clrun-report $r/split_mnist -o $r/split_mnist --compare-paper
-  # the permuted rows (10 tasks of 5,000 steps with a 1000-unit classifier and generator) need a GPU:
-  #   clrun -m paper=vandeven2019/perm_mnist method=dgr,dgr_distill seed=0,1,2,3,4
+fi
+
+if [[ $what == vandeven_dgr_perm ]]; then
+  # their permuted rows at seed 0, one scenario per call (SCENARIO=task_il|domain_il|class_il, default class_il):
+  # 10 tasks of 5,000 steps with a 1,000-unit classifier and generator, about 2 hours for the two runs on a 2-core
+  # CPU, two side by side, one thread each; checkpointed after every task, so the same command resumes them
+  # (on a GPU: clrun -m paper=vandeven2019/perm_mnist method=dgr,dgr_distill 'seed=range(0,5)')
+  r=$out/vandeven_dgr/perm_mnist_${SCENARIO:=class_il}
+  clrun -m paper=vandeven2019/perm_mnist method=dgr,dgr_distill scenario=$SCENARIO seed=0 resume=true \
+    threads=1 quiet=true plots=false hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweep.dir=$r
+  clrun-report $r -o $r --compare-paper
 fi
 
 if [[ $what == all || $what == fisher_forms ]]; then
