@@ -380,6 +380,11 @@ def format_p(p: float) -> str:
     return "–" if pd.isna(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def format_mean_std(mean: float, std: float, n: int) -> str:
+    """clrun's side of a comparison cell: mean ± std over n seeds; one seed has no std to show."""
+    return f"{mean:.2f} ({n})" if pd.isna(std) else f"{mean:.2f} ± {std:.2f} ({n})"
+
+
 def format_differs(p_holm: float, alpha: float = 0.05) -> str:
     """Whether a cell's mean differs from the paper's at level alpha after the Holm adjustment."""
     return "–" if pd.isna(p_holm) else "**yes**" if p_holm < alpha else "no"
@@ -398,7 +403,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
         paper = f"{r.paper_ACC:.2f} ± {r.paper_spread}" if r.paper_spread else f"{r.paper_ACC:.2f} (no spread)"
         within = "–" if pd.isna(r.within_paper_std) else "yes" if r.within_paper_std else "**no**"
         lines.append(f"| {r.protocol} | {r.method} | {r.scenario} | {r.buffer} | {paper} "
-                     f"| {r.clrun_ACC:.2f} ± {r.clrun_std:.2f} ({r.n}) | {r.diff:+.2f} | "
+                     f"| {format_mean_std(r.clrun_ACC, r.clrun_std, r.n)} | {r.diff:+.2f} | "
                      f"{within} | {format_p(r.p_value)} | {format_differs(r.p_holm)} | {fgt} | {_minutes_cell(r)} |")
     return "\n".join(lines)
 

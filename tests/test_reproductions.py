@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from clrun.report import welch_against_paper
+from clrun.report import format_mean_std, welch_against_paper
 from tests.conftest import REPO
 
 spec = importlib.util.spec_from_file_location("render", REPO / "scripts" / "reproduce" / "render.py")
@@ -71,3 +71,9 @@ def test_import_merges_a_reports_table_replacing_the_cells_it_measured_again(tmp
     assert len(render.load("agem2019")) == len(before) + 1
     with pytest.raises(SystemExit, match="agem2019: cells in no table"):
         render.render_all()
+
+
+def test_a_one_seed_cell_shows_its_mean_and_no_std():
+    """A cell run at one seed (a long protocol on a CPU) has no spread over seeds: no '± nan' in the tables."""
+    assert format_mean_std(92.593, float("nan"), 1) == "92.59 (1)"
+    assert format_mean_std(91.8237, 0.47191, 3) == "91.82 ± 0.47 (3)"

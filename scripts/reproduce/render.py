@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clrun.report import format_differs, format_p, holm, standard_deviation, welch_against_paper
+from clrun.report import format_differs, format_mean_std, format_p, holm, standard_deviation, welch_against_paper
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS, DOCS = ROOT / "results", ROOT / "docs"
@@ -72,7 +72,7 @@ def table(cells: pd.DataFrame) -> str:
         paper = f"{r.paper_ACC:.2f} ± {r.paper_spread}" if isinstance(r.paper_spread, str) else \
             f"{r.paper_ACC:.2f} (no spread)"
         within = "–" if r.within is None else "yes" if r.within else "**no**"
-        row = [r.method, r.scenario, r.buffer, paper, f"{r.clrun_ACC:.2f} ± {r.clrun_std:.2f} ({r.n})", r.seeds,
+        row = [r.method, r.scenario, r.buffer, paper, format_mean_std(r.clrun_ACC, r.clrun_std, r.n), r.seeds,
                f"{r.diff:+.2f}", within, format_p(r.p_value), format_differs(r.p_holm)]
         if forgetting:
             row.append("–" if pd.isna(r.paper_forgetting) else
