@@ -169,7 +169,7 @@ def test_compare_paper_puts_published_forgetting_next_to_clruns(tmp_path):
     assert "| 0.06 ± 0.001 / 0.060 ± 0.014 |" in md and "| – |" in md
     # a mean published without a spread is compared, but cannot be "within" anything
     assert table.loc["joint", "within_paper_std"] is None and table.loc["agem", "within_paper_std"] == False  # noqa: E712
-    assert "| 95.30 (no spread) | 96.00 ± nan (1) | +0.70 | – |" in md
+    assert "| 95.30 (no spread) | 96.00 (1) | +0.70 | – |" in md
     # GPU minutes are labelled with the GPU; CPU minutes stay bare
     assert table.loc["joint", "device"] == "cuda:0 (NVIDIA H100 80GB HBM3)" and table.loc["agem", "device"] == "cpu"
     assert "| 1.0 (NVIDIA H100 80GB HBM3) |" in md and md.count("(NVIDIA H100") == 1
