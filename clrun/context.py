@@ -119,6 +119,12 @@ class Context:
         ``train_units``, if set); on a regression stream, the squared error at each sample's output unit."""
         return self.scenario.loss(logits, y, task_ids, upto, self.train_units)
 
+    def row_ce(self, logits: Tensor, y: Tensor, task_ids: Tensor, upto: int) -> Tensor | None:
+        """Each row's term of :meth:`ce` (logits [..., units], y and task_ids [...]): a batch's mean of them is its
+        ``ce``, with the same gradient; None where there are no row terms to average (a regression stream). For
+        :meth:`~clrun.methods.base.Method.stacked_data_loss`."""
+        return self.scenario.row_losses(logits, y, task_ids, upto, self.train_units)
+
     def train_candidates(self, task_ids: Tensor, upto: int) -> Tensor:
         """Bool [B, n_outputs]: the units the training loss spans for each sample (what importance estimates
         that stand for the training loss must use too)."""

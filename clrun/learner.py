@@ -152,11 +152,11 @@ class Learner:
 
     # the step's phases, shared with clrun.vectorized's stacked step (which runs the forward, backward and
     # optimiser step of several runs at once, and these phases per run)
-    def step_loss(self, step: Step, methods: list[Method]) -> Tensor:
-        """Contract steps 2-3 after the forward: the primary's data loss plus every penalty, times the methods'
-        loss scales (recorded in ``step.scale``)."""
+    def step_loss(self, step: Step, methods: list[Method], data_loss: Tensor | None = None) -> Tensor:
+        """Contract steps 2-3 after the forward: the primary's data loss (``data_loss`` where it was computed
+        already) plus every penalty, times the methods' loss scales (recorded in ``step.scale``)."""
         batch, new_logits = step.batch, step.new_logits
-        loss = methods[0].data_loss(step)
+        loss = methods[0].data_loss(step) if data_loss is None else data_loss
         for m in methods:
             p = m.penalty(batch, new_logits)
             if p is not None:

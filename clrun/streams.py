@@ -173,6 +173,16 @@ class Scenario:
             return F.mse_loss(self.values(logits, task_ids), y)
         return F.cross_entropy(self.train_masked(logits, task_ids, upto, units), y)
 
+    def row_losses(self, logits: Tensor, y: Tensor, task_ids: Tensor, upto: int, units: str | None = None
+                   ) -> Tensor | None:
+        """Each row's term of :meth:`loss`, for rows on any leading axes (logits [..., units], y and task_ids
+        [...]): the mean of a batch's rows is its loss, with the same gradient. None on a regression stream (its
+        squared error's gradient would round otherwise)."""
+        if self.regression:
+            return None
+        masked = self.train_masked(logits, task_ids, upto, units)
+        return F.cross_entropy(masked.flatten(0, -2), y.flatten(), reduction="none").view(y.shape)
+
     def score(self, scores: Tensor, y: Tensor, task_ids: Tensor) -> Tensor:
         """The measure summed over a batch (0-d, on the device): correct predictions (``scores`` already masked),
         or on a regression stream the squared errors. Batches stacked on a leading axis ([N, B, units]) give one

@@ -5,9 +5,10 @@ Each seed's run is built exactly as ``clrun.run.run`` builds it alone (its strea
 replay memory, method), and writes its own run directory. Only the training of a task is shared: the seeds'
 Linear weights become slices of stacked tensors [N, ...] (each seed's model keeps them as views, so its
 evaluation, checkpoints and method state read its own weights), and a step runs one batched matmul per layer
-(``torch.baddbmm``) over the N seeds' batches. The seeds' gradients are views of the stack's too, so every hook
-of the method contract but the forward runs per seed, on the seed's own tensors, exactly as alone: its batch
-order, ``replay``, data loss, penalties and loss scale (the seeds' losses are summed, so each seed's gradient is
+(``torch.baddbmm``) over the N seeds' batches, and the seeds' data losses are one computation where the primary
+offers it (``Method.stacked_data_loss``). The seeds' gradients are views of the stack's too, so every other hook
+of the method contract runs per seed, on the seed's own tensors, exactly as alone: its batch order,
+``replay``, any other data loss, penalties and loss scale (the seeds' losses are summed, so each seed's gradient is
 its own), closed-form penalty gradients (EWC, SI, MAS), frozen entries, gradient transforms (A-GEM) and
 ``after_step``. SGD, Adam and the like update each entry from its own gradient, so the stacked step is each
 seed's.
@@ -69,6 +70,9 @@ def why_not(learners: Sequence[Learner], diagnostics: bool = False) -> str | Non
             own = [h for h in _ROUTING_HOOKS if getattr(type(m), h) is not getattr(Method, h)]
             if own:
                 return f"method {m.name} routes the forward itself ({', '.join(own)}), which the stacked model does not"
+        if not (torch.equal(L.scenario.task_units, first.scenario.task_units)
+                and torch.equal(L.scenario.seen_units, first.scenario.seen_units)):
+            return "the seeds' tasks use different output units (their streams split the classes differently)"
         if _layers(L.model) is None:
             return f"model {type(L.model).__name__} is not made of Linear layers and elementwise activations"
         if L.device != first.device or L.batch_size != first.batch_size:
@@ -159,6 +163,13 @@ class StackedLinearStack(nn.Module):
         for k, slices in enumerate(self.slices):
             for own, stacked in slices:
                 own.grad = stacked.grad[k]
+
+    def zero_gradients(self) -> None:
+        """Every gradient to zero in place (the seeds' gradients are views of these): what the optimiser's
+        ``zero_grad(set_to_none=False)`` does, without its per-call grouping of the tensors, which cost as much as
+        a small layer's matmul per step."""
+        for p in self.parameters():
+            p.grad.zero_()
 
     def check_bound(self, models: Sequence[nn.Module]) -> None:
         """Raise when a hook replaced a seed's parameters or gradients instead of changing them in place: that
@@ -271,7 +282,7 @@ class SeedStack:
         predictions ([N] tensors), and the rows of each seed's batch. ``new_x``: the batches' inputs stacked
         [N, B, ...] when they are already (their ``x`` are its slices)."""
         learners = self.learners
-        self.optimizer.zero_grad(set_to_none=False)  # in place: the seeds' gradients are views of these
+        self.model.zero_gradients()
         replayed = [L.method.replay(b) for L, b in zip(learners, batches)]
         sizes = {None if r is None else len(r.y) for r in replayed}
         if len(sizes) > 1:
@@ -283,8 +294,13 @@ class SeedStack:
         logits = self.model(new_x)  # [N, rows, units]
         # one view per seed from one node (indexing each would give every seed's backward a zero-filled copy)
         steps = [Step(b, r, seed_logits) for b, r, seed_logits in zip(batches, replayed, logits.unbind(0))]
-        losses = [L.step_loss(st, L.methods) for L, st in zip(learners, steps)]
-        torch.stack(losses).sum().backward()
+        # the seeds' data losses in one computation where the primary offers it (the seeds share its settings)
+        data = learners[0].method.stacked_data_loss(logits, steps)
+        own = [None] * len(steps) if data is None else data.unbind(0)
+        losses = [L.step_loss(st, L.methods, d) for L, st, d in zip(learners, steps, own)]
+        # each seed's loss is its data loss (no penalty, no scale): the backward starts from the [N] losses
+        plain = data is not None and all(loss is d for loss, d in zip(losses, own))
+        (data.sum() if plain else torch.stack(losses).sum()).backward()
         updates = [L.before_update(st, loss, L.methods) for L, st, loss in zip(learners, steps, losses)]
         self.optimizer.step()
         for L, st, (_, frozen) in zip(learners, steps, updates):

@@ -12,6 +12,7 @@ import torch
 from clrun.checkpoint import model_state
 from clrun.learner import Learner
 from clrun.methods.base import Method
+from clrun.methods.er import ER
 from clrun.run import run
 from clrun.vectorized import run_seeds
 from tests.conftest import FAST, clrun_cmd, make_cfg
@@ -127,6 +128,40 @@ def test_a_method_that_replaces_gradient_tensors_is_stopped_not_trained_wrongly(
     with pytest.raises(RuntimeError, match="replaced a model's parameters or gradient tensors"):
         run_seeds(cfgs, [tmp_path / "a", tmp_path / "b"], [None] * 2)
     assert pd.read_csv(tmp_path / "a" / "R.csv").iloc[1:, 1:].isna().all().all()  # no trained task evaluated
+
+
+class WeightedNewRows(ER):
+    """ER with its new rows' loss doubled: a subclass that changes ``data_loss`` and not ``stacked_data_loss``."""
+
+    def data_loss(self, step) -> torch.Tensor:
+        b = step.batch
+        return super().data_loss(step) + self.ctx.ce(step.new_logits, b.y, b.task_ids, b.task)
+
+
+@pytest.mark.parametrize("target", ["clrun.methods.er.ER", f"{__name__}.WeightedNewRows"])
+def test_seeds_data_losses_computed_at_once_are_each_seeds_own(tmp_path, one_thread, monkeypatch, target):
+    """A stacked step takes the seeds' data losses from one computation where the primary offers it
+    (Method.stacked_data_loss: ER's new and replayed rows), and from each seed's own data_loss when a subclass
+    changed that loss without offering its own: either way each seed trains exactly as alone."""
+    overrides = [*SMALL, "benchmark.n_tasks=2", "method=er", f"method._target_={target}"]
+    for s in (0, 1):
+        run(make_cfg(*overrides, f"seed={s}"), tmp_path / f"alone{s}")
+    at_once = []  # per stacked step: were the data losses computed at once?
+    stacked_data_loss = ER.stacked_data_loss
+
+    def recorded(self, *args):
+        out = stacked_data_loss(self, *args)
+        at_once.append(out is not None)
+        return out
+
+    monkeypatch.setattr(ER, "stacked_data_loss", recorded)
+    rows, reason = run_seeds([make_cfg(*overrides, f"seed={s}") for s in (0, 1)],
+                             [tmp_path / f"stacked{s}" for s in (0, 1)], [None] * 2)
+    assert reason is None and at_once and all(at_once) == (target == "clrun.methods.er.ER")
+    for s in (0, 1):
+        assert (tmp_path / f"stacked{s}" / "R.csv").read_text() == (tmp_path / f"alone{s}" / "R.csv").read_text()
+        alone, stacked = model_state(tmp_path / f"alone{s}"), model_state(tmp_path / f"stacked{s}")
+        assert all(torch.equal(alone[k], stacked[k]) for k in alone)
 
 
 def test_the_stacked_launcher_composes_a_seed_group_as_hydra_does():

@@ -7,7 +7,8 @@ every regulariser R (the list M = [P, *R], in that order):
 1. ``P.replay(batch)``: samples trained alongside the new batch (one forward over both), or None;
 2. ``P.forward(x, task)``: logits of new + replayed inputs;
 3. loss = prod(m.loss_scale() for m in M) * (P.data_loss(step) + sum(m.penalty(batch, new logits) for m in M)),
-   then ``loss.backward()``;
+   then ``loss.backward()`` (seeds trained as one stacked model may get their data losses at once from
+   ``P.stacked_data_loss``, an optional speed-up that must equal ``data_loss``);
 4. ``m.add_penalty_gradient(scale)`` for m in M: penalties whose gradient a method adds in closed form
    (EWC, MAS, SI); each returns its value, which the logged loss includes;
 5. entries ``m.frozen()`` names get a zero gradient; ``m.transform_gradient(step)`` for m in M (A-GEM's and
@@ -26,7 +27,7 @@ A method reads and changes the run only through ``self.ctx`` (:class:`clrun.cont
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -132,6 +133,19 @@ class Method:
         """The primary's loss on the data: cross-entropy on the new rows (replay methods add theirs)."""
         b = step.batch
         return self.ctx.ce(step.new_logits, b.y, b.task_ids, b.task)
+
+    def stacked_data_loss(self, logits: Tensor, steps: Sequence[Step]) -> Tensor | None:
+        """Optional, for speed only: the data losses of several seeds' steps at once when the seeds train as one
+        stacked model (clrun.vectorized), [N]. ``logits`` [N, rows, units] stacks the steps' logits
+        (``steps[k].logits`` is ``logits[k]``); ``self`` is the first seed's method, whose settings every seed
+        shares, and each seed's tensors are read from its step. Entry k must be ``data_loss(steps[k])`` with the
+        same gradient. None: each seed's ``data_loss`` runs on its own (always correct)."""
+        if type(self).data_loss is not Method.data_loss:
+            return None  # a subclass's own data loss
+        batches = [s.batch for s in steps]
+        rows = self.ctx.row_ce(logits[:, : steps[0].n_new], torch.stack([b.y for b in batches]),
+                               torch.stack([b.task_ids for b in batches]), batches[0].task)
+        return None if rows is None else rows.mean(1)
 
     # ---- what every method (primary or regulariser) may add
     def penalty(self, batch: Batch, logits: Tensor) -> Tensor | None:
