@@ -294,8 +294,12 @@ class SeedStack:
         logits = self.model(new_x)  # [N, rows, units]
         # one view per seed from one node (indexing each would give every seed's backward a zero-filled copy)
         steps = [Step(b, r, seed_logits) for b, r, seed_logits in zip(batches, replayed, logits.unbind(0))]
+        # every row's target and task, stacked once for the data losses and the accuracy
+        parts = [batches, *([replayed] if replayed[0] is not None else [])]
+        y = torch.cat([torch.stack([b.y for b in part]) for part in parts], 1)
+        task_ids = torch.cat([torch.stack([b.task_ids for b in part]) for part in parts], 1)
         # the seeds' data losses in one computation where the primary offers it (the seeds share its settings)
-        data = learners[0].method.stacked_data_loss(logits, steps)
+        data = learners[0].method.stacked_data_loss(logits, steps, y, task_ids)
         own = [None] * len(steps) if data is None else data.unbind(0)
         losses = [L.step_loss(st, L.methods, d) for L, st, d in zip(learners, steps, own)]
         # each seed's loss is its data loss (no penalty, no scale): the backward starts from the [N] losses
@@ -306,8 +310,8 @@ class SeedStack:
         for L, st, (_, frozen) in zip(learners, steps, updates):
             L.after_update(st, frozen, L.methods)
         rows = len(batches[0].y)
-        hits = learners[0].hits(logits[:, :rows].detach(), torch.stack([b.y for b in batches]),
-                                torch.stack([b.task_ids for b in batches]), batches[0].task)  # all seeds at once
+        hits = learners[0].hits(logits[:, :rows].detach(), y[:, :rows], task_ids[:, :rows],
+                                batches[0].task)  # all seeds at once
         return torch.stack([logged for logged, _ in updates]) * rows, hits, rows
 
 

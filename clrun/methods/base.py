@@ -134,17 +134,17 @@ class Method:
         b = step.batch
         return self.ctx.ce(step.new_logits, b.y, b.task_ids, b.task)
 
-    def stacked_data_loss(self, logits: Tensor, steps: Sequence[Step]) -> Tensor | None:
+    def stacked_data_loss(self, logits: Tensor, steps: Sequence[Step], y: Tensor, task_ids: Tensor) -> Tensor | None:
         """Optional, for speed only: the data losses of several seeds' steps at once when the seeds train as one
         stacked model (clrun.vectorized), [N]. ``logits`` [N, rows, units] stacks the steps' logits
-        (``steps[k].logits`` is ``logits[k]``); ``self`` is the first seed's method, whose settings every seed
-        shares, and each seed's tensors are read from its step. Entry k must be ``data_loss(steps[k])`` with the
-        same gradient. None: each seed's ``data_loss`` runs on its own (always correct)."""
+        (``steps[k].logits`` is ``logits[k]``), ``y`` and ``task_ids`` [N, rows] their rows' targets and tasks (the
+        new batch's rows, then the replayed ones); ``self`` is the first seed's method, whose settings every seed
+        shares, and anything else of a seed's is read from its step. Entry k must be ``data_loss(steps[k])`` with
+        the same gradient. None: each seed's ``data_loss`` runs on its own (always correct)."""
         if type(self).data_loss is not Method.data_loss:
             return None  # a subclass's own data loss
-        batches = [s.batch for s in steps]
-        rows = self.ctx.row_ce(logits[:, : steps[0].n_new], torch.stack([b.y for b in batches]),
-                               torch.stack([b.task_ids for b in batches]), batches[0].task)
+        n = steps[0].n_new
+        rows = self.ctx.row_ce(logits[:, :n], y[:, :n], task_ids[:, :n], steps[0].batch.task)
         return None if rows is None else rows.mean(1)
 
     # ---- what every method (primary or regulariser) may add

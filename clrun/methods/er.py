@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from clrun.methods.base import Batch, Step
@@ -32,21 +31,16 @@ class ER(ReplayMethod):
             loss = loss + self.replay_loss(step.replay_logits, step.replayed)
         return loss
 
-    def stacked_data_loss(self, logits: Tensor, steps: Sequence[Step]) -> Tensor | None:
+    def stacked_data_loss(self, logits: Tensor, steps: Sequence[Step], y: Tensor, task_ids: Tensor) -> Tensor | None:
         if type(self).data_loss is not ER.data_loss or type(self).replay_loss is not ER.replay_loss:
             return None  # a subclass's own loss (DER's on stored logits)
-        # the new and replayed rows' cross-entropies in one computation (one upto: the task trained); the seeds
-        # replay alike (the stacked step checks)
-        replays = steps[0].replayed is not None
-        parts = [[s.batch for s in steps], *([[s.replayed for s in steps]] if replays else [])]
-        y = torch.cat([torch.stack([b.y for b in part]) for part in parts], 1)
-        task_ids = torch.cat([torch.stack([b.task_ids for b in part]) for part in parts], 1)
+        # the new and replayed rows' cross-entropies in one computation (one upto: the task trained)
         rows = self.ctx.row_ce(logits, y, task_ids, steps[0].batch.task)
         if rows is None:
             return None
         n = steps[0].n_new
         loss = rows[:, :n].mean(1)
-        return loss + self.alpha * rows[:, n:].mean(1) if replays else loss
+        return loss + self.alpha * rows[:, n:].mean(1) if steps[0].replayed is not None else loss
 
     def replay_loss(self, mem_logits: Tensor, mem: Batch) -> Tensor:
         return self.alpha * self.ctx.ce(mem_logits, mem.y, mem.task_ids, mem.task)
