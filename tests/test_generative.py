@@ -68,6 +68,44 @@ def test_data_loss_is_the_authors_mix_of_current_and_replayed_losses(scenario, d
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
+@pytest.mark.parametrize("distill", [False, True])
+def test_per_head_samples_give_each_old_head_its_own_share_of_the_replay(distill):
+    """task_il_samples=per_head (the authors' 2018 train.py): each of the 3 old heads is scored on its own
+    ceil(8 / 3) = 3 generated inputs, not on all of them, and the replay term averages the heads' own terms."""
+    dgr = DGR(distill=distill, hidden=[8], z_dim=4, task_il_samples="per_head")
+    L = _learner(dgr, "task_il", hidden=(16,))
+    for t in range(3):
+        dgr.after_task(t)
+    with torch.no_grad():
+        L.model.head.weight.add_(0.5 * torch.randn_like(L.model.head.weight))
+    x, y, ids = L.task_sample(3, 8)
+    batch = Batch(x, y, ids, 3)
+    replayed = dgr.replay(batch)
+    assert replayed.task_ids.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    sc, T = L.scenario, 2.0
+    with torch.no_grad():
+        logits = L.model(torch.cat([x, replayed.x]))
+        loss = dgr.data_loss(Step(batch, replayed, logits))
+        terms = []
+        for k in range(3):
+            rows, units = replayed.task_ids == k, sc.task_units[k]
+            z_new, z_old = logits[8:][rows][:, units], replayed.stored_logits[rows][:, units]
+            assert torch.equal(replayed.y[rows], z_old.argmax(1) + sc.offsets[k])  # labelled by its own head
+            if distill:
+                p_old = F.softmax(z_old / T, 1)
+                terms.append(T * T * (torch.xlogy(p_old, p_old) - p_old * F.log_softmax(z_new / T, 1)).sum(1).mean())
+            else:
+                terms.append(F.cross_entropy(z_new, z_old.argmax(1)))
+        cur = F.cross_entropy(logits[:8][:, sc.task_units[3]], y - sc.offsets[3])
+    assert float(loss) == pytest.approx(float(cur / 4 + (3 / 4) * sum(terms) / 3), rel=1e-5)
+
+
+def test_task_il_samples_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"method.task_il_samples='each' is not allowed; use shared"):
+        run(make_cfg(*FAST, "method=dgr", "method.task_il_samples=each"), tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def _class_il_acc(method, iters=150):
     L = _learner(method, "class_il", n_train=100, n_test=50, side=6)
     for t in range(len(L.stream)):

@@ -103,6 +103,10 @@ def test_protocol_specific_settings_reach_the_method():
     assert (vdv.benchmark.pad, vdv.benchmark.n_tasks, vdv.iters, vdv.lr, vdv.method.lam) == (2, 10, 5000, 1e-4, 0.1)
     assert vdv.method.path_grad == "total"
     assert list(vdv.model.hidden) == [1000, 1000] and not vdv.reset_optimizer and not vdv.data.normalize
+    # their 2018 train.py, behind the permuted table: each old head replays its own share of the samples
+    assert {make_cfg("paper=vandeven2019/perm_mnist", f"method={m}").method.task_il_samples
+            for m in ("dgr", "dgr_distill")} == {"per_head"}
+    assert make_cfg("paper=vandeven2019/split_mnist", "method=dgr").method.task_il_samples == "shared"
     agem = make_cfg("paper=agem2019/perm_mnist", "method=agem")
     assert (agem.benchmark.n_tasks, agem.batch_size, agem.buffer, agem.method.replay_batch_size) == (17, 10, 4250, 256)
     assert agem.benchmark.train_per_task is None and not agem.data.normalize and agem.lr == 0.1

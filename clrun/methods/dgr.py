@@ -5,7 +5,10 @@ While task t (1-based) is trained, each step draws ``replay_batch_size`` inputs 
 task t - 1, labels them with the classifier frozen then, and trains on (1/t) CE(new batch) + (1 - 1/t) replay
 loss. The replay loss per scenario, as in the authors' train.py / encoder.py:
 
-- task-IL: one term per old task, on that task's head, averaged over the old tasks (the same samples for all);
+- task-IL: one term per old task, on that task's head, averaged over the old tasks. ``task_il_samples=shared``
+  scores the same ``replay_batch_size`` samples on every old head (the authors' 2019 train.py);
+  ``per_head`` draws each old head its own ceil(replay_batch_size / old tasks) samples (their 2018 train.py,
+  commit e17b714, behind the permuted MNIST table): every head sees fewer replayed inputs a step;
 - domain-IL: the shared head;
 - class-IL: the old model's prediction over the old classes, the new model's softmax over every class seen
   so far (the current task's included; the old distribution padded with zeros).
@@ -37,13 +40,14 @@ from clrun.methods.base import Batch, Method, Step, frozen_copy, require
 from clrun.models import VAE
 
 LIKELIHOODS = ("auto", "bernoulli", "gaussian")
+TASK_IL_SAMPLES = ("shared", "per_head")
 SAMPLES_SHOWN = 16  # generated inputs kept per task for replay_samples.png
 
 
 class DGR(Method):
     def __init__(self, distill: bool = False, temperature: float = 2.0, kd_mean: str = "batch",
                  hidden: list[int] | None = None, z_dim: int = 100, likelihood: str = "auto", lr: float = 0.001,
-                 iters: int | None = None, replay_batch_size: int | None = None):
+                 iters: int | None = None, replay_batch_size: int | None = None, task_il_samples: str = "shared"):
         require(temperature > 0, f"method.temperature={temperature!r} must be > 0")
         require(kd_mean in ("batch", "units"), f"method.kd_mean={kd_mean!r} is not allowed; use batch (sum over "
                 "units, mean over the batch) or units (mean over both, van de Ven & Tolias's 2018 code)")
@@ -57,7 +61,10 @@ class DGR(Method):
                 f"method.iters={iters!r} must be an integer >= 1, or null (as many steps as the classifier)")
         require(replay_batch_size is None or replay_batch_size >= 1,
                 f"method.replay_batch_size={replay_batch_size!r} must be >= 1 or null (= batch_size)")
+        require(task_il_samples in TASK_IL_SAMPLES, f"method.task_il_samples={task_il_samples!r} is not allowed; use "
+                "shared (the same replayed samples on every old head) or per_head (each old head its own share)")
         self.distill, self.temperature, self.kd_mean = bool(distill), float(temperature), kd_mean
+        self.task_il_samples = task_il_samples
         self.hidden = None if hidden is None else [int(h) for h in hidden]
         self.z_dim, self.likelihood, self.lr, self.iters = z_dim, likelihood, float(lr), iters
         self._replay_batch_size = replay_batch_size
@@ -107,16 +114,34 @@ class DGR(Method):
     def replay(self, batch: Batch) -> Batch | None:
         if self.old_model is None:
             return None
+        n, old_tasks = self.replay_batch_size, batch.task
+        per_head = self.per_head
+        if per_head and old_tasks > 1:  # each old head its own share, rounded up (the authors' ceil)
+            n = -(-n // old_tasks)
         with torch.no_grad():
-            x = self.old_generator.sample(self.replay_batch_size, self.rng)
+            x = self.old_generator.sample(n * old_tasks if per_head else n, self.rng)
             old_logits = self.old_model(x)
-        ids = torch.full((len(x),), batch.task, dtype=torch.long, device=x.device)
-        return Batch(x, old_logits.argmax(1), ids, batch.task, stored_logits=old_logits)
+        if per_head:  # each sample stands for the old task whose head labels it
+            ids = torch.arange(old_tasks, device=x.device).repeat_interleave(n)
+            labels = old_logits.masked_fill(~self.ctx.scenario.task_units[ids], float("-inf")).argmax(1)
+        else:
+            ids = torch.full((len(x),), batch.task, dtype=torch.long, device=x.device)
+            labels = old_logits.argmax(1)
+        return Batch(x, labels, ids, batch.task, stored_logits=old_logits)
+
+    @property
+    def per_head(self) -> bool:
+        """Whether each old head replays its own samples (task-IL with task_il_samples=per_head)."""
+        return self.task_il_samples == "per_head" and self.ctx.scenario.uses_task_id
 
     def unit_groups(self, task: int, ids: Tensor) -> list[tuple[Tensor, Tensor]]:
         """(the new model's units, the old model's units) per replay term at task ``task`` (0-based), as bool
-        masks [B, n_outputs]: one per old head in task-IL, one otherwise."""
+        masks [B, n_outputs]: one per old head in task-IL, one otherwise. With per-head samples, one group whose
+        rows each span their own head: the heads' shares are equal, so its mean is the mean of the heads' terms."""
         sc, ctx = self.ctx.scenario, self.ctx
+        if self.per_head:
+            units = sc.task_units[ids]
+            return [(units, units)]
         if sc.uses_task_id:
             return [(u, u) for u in (sc.task_units[k].expand(len(ids), -1) for k in range(task))]
         new = ctx.train_candidates(ids, task)  # class-IL: every class seen so far (or the whole head)
