@@ -6,7 +6,7 @@ task t - 1, labels them with the classifier frozen then, and trains on (1/t) CE(
 loss. The replay loss per scenario, as in the authors' train.py / encoder.py:
 
 - task-IL: one term per old task, on that task's head, averaged over the old tasks. ``task_il_samples=shared``
-  scores the same ``replay_batch_size`` samples on every old head (the authors' 2019 train.py);
+  scores the same ``replay_batch_size`` samples on every old head (the authors' later train.py);
   ``per_head`` draws each old head its own ceil(replay_batch_size / old tasks) samples (their 2018 train.py,
   commit e17b714, behind the permuted MNIST table): every head sees fewer replayed inputs a step;
 - domain-IL: the shared head;
