@@ -123,7 +123,7 @@ class DGR(Method):
             old_logits = self.old_model(x)
         if per_head:  # each sample stands for the old task whose head labels it
             ids = torch.arange(old_tasks, device=x.device).repeat_interleave(n)
-            labels = old_logits.masked_fill(~self.ctx.scenario.task_units[ids], float("-inf")).argmax(1)
+            labels = self.ctx.scenario.masked(old_logits, ids, old_tasks - 1).argmax(1)
         else:
             ids = torch.full((len(x),), batch.task, dtype=torch.long, device=x.device)
             labels = old_logits.argmax(1)
@@ -140,7 +140,7 @@ class DGR(Method):
         rows each span their own head: the heads' shares are equal, so its mean is the mean of the heads' terms."""
         sc, ctx = self.ctx.scenario, self.ctx
         if self.per_head:
-            units = sc.task_units[ids]
+            units = sc.candidates(ids, task)  # each row's own head
             return [(units, units)]
         if sc.uses_task_id:
             return [(u, u) for u in (sc.task_units[k].expand(len(ids), -1) for k in range(task))]
