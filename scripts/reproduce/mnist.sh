@@ -336,7 +336,7 @@ fi
 
 if [[ $what == vandeven_dgr_perm ]]; then
   # their permuted rows at seed 0, one scenario per call (SCENARIO=task_il|domain_il|class_il, default class_il):
-  # 10 tasks of 5,000 steps with a 1,000-unit classifier and generator, 2.2-2.6 hours for the two runs on a 2-core
+  # 10 tasks of 5,000 steps with a 1,000-unit classifier and generator, 2.0-2.4 hours for the two runs on a 2-core
   # CPU, two side by side, one thread each; checkpointed after every task, so the same command resumes them
   # (on a GPU: clrun -m paper=vandeven2019/perm_mnist method=dgr,dgr_distill 'seed=range(0,5)')
   r=$out/vandeven_dgr/perm_mnist_${SCENARIO:=class_il}
